@@ -1,0 +1,39 @@
+"""hpo-mlops: hyperparameter optimization at cluster scale.
+
+Samplers propose configurations, trials run as Dask futures, schedulers on the Dask
+scheduler stop weak trials early, and every trial is an MLflow run nested under its
+study's run.
+"""
+
+from hpo_mlops.errors import (
+    ConfigError,
+    HPOError,
+    RegistryError,
+    ReportError,
+    SpaceError,
+    TooManyFailures,
+    UnsupportedSpaceError,
+)
+from hpo_mlops.results import Result, TrialRecord, TrialState
+from hpo_mlops.space import Space, choices, loguniform, lognormal, normal, randint, uniform
+
+__all__ = [
+    "ConfigError",
+    "HPOError",
+    "RegistryError",
+    "ReportError",
+    "Result",
+    "Space",
+    "SpaceError",
+    "TooManyFailures",
+    "TrialRecord",
+    "TrialState",
+    "UnsupportedSpaceError",
+    "choices",
+    "lognormal",
+    "loguniform",
+    "normal",
+    "randint",
+    "uniform",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,76 @@
+"""The sampler interface every built-in and plugin sampler implements.
+
+A sampler is bound once to a space, the objective directions and a seed (``setup``),
+then asked for configurations and told results. ``tell`` is called with the very dict
+object ``ask`` returned; a dict the sampler never handed out (a trial recorded by an
+earlier run of the study, when resuming) is an observation to learn from.
+
+Parallel asks must not hand out duplicates of pending points: a sampler that models
+the objective (TPE, GP) must account for pending trials (e.g. Optuna's constant liar).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from hpo_mlops.errors import UnsupportedSpaceError
+from hpo_mlops.results import Result
+from hpo_mlops.space import Space
+
+Params = dict[str, Any]
+
+
+class Sampler(ABC):
+    """ask/tell sampler. Subclasses set the capability flags and implement the three hooks."""
+
+    #: can the sampler express conditional parameters (``x if parent == 'a'``)?
+    supports_conditional: ClassVar[bool] = False
+    #: can it optimize several objectives at once (Pareto front)?
+    supports_multi_objective: ClassVar[bool] = False
+
+    name: str = ""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.space: Space | None = None
+        self.directions: list[str] = ["minimize"]
+        self.seed: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def setup(self, space: Space, directions: list[str], seed: int | None = None) -> None:
+        """Bind to a study; refuses spaces or objectives this sampler cannot express."""
+        label = self.name or type(self).__name__
+        if space.is_conditional and not self.supports_conditional:
+            conditional = [p.name for p in space if p.condition is not None]
+            raise UnsupportedSpaceError(
+                f"sampler {label!r} cannot express conditional parameters "
+                f"({', '.join(conditional)}); use one that can: random, grid, tpe, "
+                "optuna.random, hyperopt.tpe, hyperopt.anneal, hyperopt.rand"
+            )
+        if len(directions) > 1 and not self.supports_multi_objective:
+            raise UnsupportedSpaceError(
+                f"sampler {label!r} optimizes a single objective, got {len(directions)} "
+                "metrics; use one that supports several: nsga2, tpe, random, grid, qmc"
+            )
+        self.space, self.directions, self.seed = space, directions, seed
+        self._setup()
+
+    def _setup(self) -> None:
+        """Build the underlying engine; ``self.space`` etc. are set."""
+
+    @abstractmethod
+    def ask(self, n: int = 1) -> list[Params]:
+        """Up to ``n`` new configurations; fewer (or none) when the sampler is exhausted."""
+
+    @abstractmethod
+    def tell(self, params: Params, result: Result) -> None:
+        """Report the outcome of ``params`` (one ``ask`` returned, or a recorded trial)."""
+
+    def state(self) -> dict[str, Any] | None:
+        """Optional serialisable state for resuming; ``None`` means: replay the trials."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Name and options, logged on the study's MLflow run."""
+        return {"name": self.name or type(self).__name__, **self.options}

@@ -1,0 +1,410 @@
+"""The study: the user's handle and the manager loop (ask -> submit -> as_completed -> tell).
+
+The loop keeps ``slots`` trials running (one per worker thread) plus a small queue of
+ready trials (one per worker by default), and refills the moment any future finishes,
+never in lock-step batches. Everything tool-specific lives behind the sampler, scheduler,
+cluster and tracker interfaces.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hpo_mlops import registry
+from hpo_mlops.cluster import connect
+from hpo_mlops.dask_plugin import PruningPlugin, StudyPlugin
+from hpo_mlops.errors import ConfigError, TooManyFailures
+from hpo_mlops.objective import make_objective
+from hpo_mlops.results import TrialRecord, TrialState, is_number
+from hpo_mlops.runner import run_trial
+from hpo_mlops.samplers.base import Sampler
+from hpo_mlops.schedulers.base import Scheduler
+from hpo_mlops.space import Space
+from hpo_mlops.tracking import Tracker
+
+_DIRECTIONS = {"min": "minimize", "max": "maximize"}
+
+
+def _as_list(x: str | Sequence[str], what: str) -> list[str]:
+    items = [x] if isinstance(x, str) else list(x)
+    if not items or not all(isinstance(i, str) and i for i in items):
+        raise ConfigError(f"{what}: must be a name or a list of names, got {x!r}")
+    return items
+
+
+class Study:
+    """A named optimization whose trials are MLflow runs nested under the study's run.
+
+    Running a study with the same ``name`` against the same tracking store again resumes
+    it: finished trials are told to the sampler and never run again; ``n_trials`` counts
+    the total; interrupted trials run again. ``resume=False`` starts a new study run.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        space: dict[str, Any] | Space,
+        metric: str | Sequence[str] = "loss",
+        mode: str | Sequence[str] = "min",
+        sampler: str | dict[str, Any] | Sampler = "tpe",
+        scheduler: str | dict[str, Any] = "median",
+        seed: int | None = None,
+        tracking_uri: str | None = None,
+        resume: bool = True,
+        tracking: bool = True,
+    ) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"name: must be a non-empty string, got {name!r}")
+        self.name = name
+        self.space = Space.from_dict(space)
+        self.metrics = _as_list(metric, "metric")
+        modes = _as_list(mode, "mode")
+        if len(modes) == 1 and len(self.metrics) > 1:
+            modes = modes * len(self.metrics)
+        bad = [m for m in modes if m not in _DIRECTIONS]
+        if bad or len(modes) != len(self.metrics):
+            raise ConfigError(
+                f"mode: needs 'min' or 'max' for each metric {self.metrics}, got {mode!r}"
+            )
+        self.modes = modes
+        self.sampler: Sampler = registry.create(registry.SAMPLERS, sampler, Sampler)
+        self.sampler.setup(self.space, [_DIRECTIONS[m] for m in modes], seed)
+        if isinstance(scheduler, Scheduler):
+            raise ConfigError(
+                "scheduler: give a name or a dict {'name': ..., **options}; the rule is "
+                "built on the Dask scheduler"
+            )
+        # Build it here once to validate options before anything runs.
+        self._scheduler_rule = registry.create(registry.SCHEDULERS, scheduler, Scheduler,
+                                               mode=modes[0])
+        self.scheduler_spec = scheduler
+        self.seed = seed
+        self.resume = resume
+        self._tracker = Tracker(tracking_uri) if tracking else None
+        self._opened = False
+        self._trials: dict[int, TrialRecord] = {}
+        self._rerun: list[TrialRecord] = []
+        self._best: TrialRecord | None = None
+        self.budget_summary: dict[str, Any] | None = None
+
+    # -- results ------------------------------------------------------------------------
+    @property
+    def trials(self) -> list[TrialRecord]:
+        return [self._trials[n] for n in sorted(self._trials)]
+
+    @property
+    def best_trial(self) -> TrialRecord:
+        if len(self.metrics) > 1:
+            raise ConfigError("a multi-objective study has no single best trial; use best_trials")
+        if self._best is None:
+            raise ValueError(f"study {self.name!r} has no completed trial yet")
+        return self._best
+
+    @property
+    def best_trials(self) -> list[TrialRecord]:
+        """The Pareto front of the completed trials (the best trial for one objective)."""
+        done = [t for t in self.trials if t.state is TrialState.COMPLETE and t.values]
+        signs = [1 if m == "min" else -1 for m in self.modes]
+        keys = [[s * v for s, v in zip(signs, t.values, strict=True)] for t in done]
+
+        def dominated(i: int) -> bool:
+            return any(all(a <= b for a, b in zip(keys[j], keys[i], strict=True))
+                       and keys[j] != keys[i] for j in range(len(done)))
+
+        return [t for i, t in enumerate(done) if not dominated(i)]
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        return dict(self.best_trial.params)
+
+    @property
+    def best_value(self) -> float | None:
+        return self.best_trial.value
+
+    def trials_dataframe(self) -> Any:
+        """One row per trial (pandas): number, state, value(s), params_*, metrics, timing."""
+        import pandas as pd
+
+        rows = []
+        for t in self.trials:
+            row: dict[str, Any] = {"number": t.number, "state": t.state.value}
+            if len(self.metrics) == 1:
+                row["value"] = t.value
+            else:
+                for i, m in enumerate(self.metrics):
+                    row[f"values_{m}"] = t.values[i] if t.values else None
+            row.update({f"params_{k}": v for k, v in t.params.items()})
+            row.update({f"metrics_{k}": v for k, v in t.metrics.items() if k not in self.metrics})
+            row.update(datetime_start=pd.to_datetime(t.start, unit="s") if t.start else None,
+                       duration=t.duration, worker=t.worker, pruned_step=t.pruned_step,
+                       error=t.error, run_id=t.run_id)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def export_best(self, path: str | None = None, fmt: str | None = None) -> str:
+        """The best params (and value) as YAML or JSON text; written to ``path`` if given."""
+        fmt = fmt or ("json" if path and path.endswith(".json") else "yaml")
+        if fmt not in ("yaml", "json"):
+            raise ConfigError(f"format: must be 'yaml' or 'json', got {fmt!r}")
+        if len(self.metrics) > 1:
+            doc: Any = [{"trial": t.number, "params": t.params,
+                         "values": dict(zip(self.metrics, t.values or [], strict=False))}
+                        for t in self.best_trials]
+        else:
+            best = self.best_trial
+            doc = {"trial": best.number, "params": best.params,
+                   "value": {self.metrics[0]: best.value}}
+        if fmt == "json":
+            text = json.dumps(doc, indent=2) + "\n"
+        else:
+            import yaml
+
+            text = yaml.safe_dump(doc, sort_keys=False)
+        if path:
+            with open(path, "w") as fh:
+                fh.write(text)
+        return text
+
+    # -- the manager loop ------------------------------------------------------------------
+    def optimize(
+        self,
+        objective: Callable[..., Any] | Sequence[str] | str,
+        n_trials: int | None = None,
+        timeout: float | None = None,
+        n_workers: int | None = None,
+        client: Any = None,
+        address: str | None = None,
+        cluster: Any = None,
+        max_concurrent: int | None = None,
+        setup: Callable[[], Any] | None = None,
+        max_failures: int | None = None,
+        resources: dict[str, float] | None = None,
+        queue_per_worker: int = 1,
+    ) -> Study:
+        """Run trials until ``n_trials`` (in total) are finished or ``timeout`` seconds passed.
+
+        ``objective(params, trial)`` returns a float, a list (one per metric) or a dict of
+        metrics; or give a command (list of argv with ``{param}`` placeholders) whose last
+        JSON line on stdout is the result. ``setup()`` runs once per worker and its result
+        is ``trial.context``. ``resources`` (e.g. ``{"GPU": 1}``) are Dask worker resources
+        each trial holds.
+        """
+        _check_positive(n_trials=n_trials, max_concurrent=max_concurrent, n_workers=n_workers)
+        if timeout is not None and not (is_number(timeout) and timeout > 0):
+            raise ConfigError(f"timeout: must be a number of seconds > 0, got {timeout!r}")
+        if max_failures is not None and (not isinstance(max_failures, int) or max_failures < 0):
+            raise ConfigError(f"max_failures: must be an integer >= 0, got {max_failures!r}")
+        if n_trials is None and timeout is None and not hasattr(self.sampler, "size"):
+            raise ConfigError("give n_trials or timeout (or both): nothing else ends the study")
+        fn = make_objective(objective, self.metrics[0])
+        self._open()
+        with connect(client, address, cluster, n_workers) as dask_client:
+            run = _Run(self, dask_client, fn, setup, n_trials, timeout, max_concurrent,
+                       max_failures, resources, queue_per_worker)
+            run.execute()
+        return self
+
+    def _open(self) -> None:
+        """Open (or resume) the study's MLflow run; load what an earlier run recorded."""
+        if self._opened:
+            return
+        self._opened = True
+        if self._tracker is None:
+            return
+        params = {
+            "metric": ",".join(self.metrics), "mode": ",".join(self.modes),
+            "sampler": self.sampler.describe(), "scheduler": self._scheduler_rule.describe(),
+            "space": self.space.to_dict(), "seed": self.seed,
+        }
+        previous = self._tracker.open_study(self.name, params, self.space.to_json(), self.resume)
+        if previous:
+            stored = self._tracker.stored_space()
+            if stored is not None and json.loads(stored) != self.space.to_dict():
+                self._tracker.close("KILLED")
+                raise ConfigError(
+                    f"study {self.name!r} in {self._tracker.tracking_uri} was run with another "
+                    f"space {json.loads(stored)}; use another name or resume=False"
+                )
+        for rec in previous:
+            if rec.state.finished:
+                if rec.values is None and rec.state is not TrialState.FAILED:
+                    rec.values = [rec.metrics.get(m) for m in self.metrics]
+                self._trials[rec.number] = rec
+                self.sampler.tell(rec.params, rec.to_result())
+                self._update_best(rec, log=False)
+            else:
+                self._rerun.append(rec)
+
+    def _update_best(self, rec: TrialRecord, log: bool = True) -> None:
+        if rec.state is not TrialState.COMPLETE or len(self.metrics) > 1 or rec.value is None:
+            return
+        sign = 1 if self.modes[0] == "min" else -1
+        if self._best is None or sign * rec.value < sign * self._best.value:
+            self._best = rec
+            if log and self._tracker is not None:
+                self._tracker.log_best(rec, self.metrics)
+
+    def __repr__(self) -> str:
+        return f"Study(name={self.name!r}, trials={len(self._trials)}, sampler={self.sampler.name!r})"
+
+
+def _check_positive(**values: Any) -> None:
+    for key, v in values.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{key}: must be an integer >= 1, got {v!r}")
+
+
+class _Run:
+    """One ``optimize`` call on one Dask client."""
+
+    def __init__(self, study: Study, client: Any, objective: Any, setup: Any,
+                 n_trials: int | None, timeout: float | None, max_concurrent: int | None,
+                 max_failures: int | None, resources: dict | None, queue_per_worker: int) -> None:
+        self.study, self.client = study, client
+        self.key = f"{study.name}-{uuid.uuid4().hex[:8]}"
+        self.plugin_name = f"hpo-study-{self.key}"
+        self.objective, self.setup = objective, setup
+        self.n_trials, self.max_failures, self.resources = n_trials, max_failures, resources
+        self.deadline = time.monotonic() + timeout if timeout else math.inf
+        self.max_concurrent, self.queue_per_worker = max_concurrent, queue_per_worker
+        self.pending: dict[Any, TrialRecord] = {}
+        self.exhausted = False
+        self.failures = 0
+
+    # -- set-up / tear-down ---------------------------------------------------------------
+    def execute(self) -> None:
+        from distributed import as_completed
+
+        study = self.study
+        self.client.register_plugin(PruningPlugin())
+        desc = self.client.sync(self.client.scheduler.hpo_register, key=self.key,
+                                spec=study.scheduler_spec, mode=study.modes[0])
+        if isinstance(desc, dict) and desc.get("status") == "error":
+            raise ConfigError(f"scheduler: {desc.get('exception')}")
+        self.reports = type(study._scheduler_rule).needs_reports
+        self.budget = study._scheduler_rule.budget_for(None)
+        self.client.register_plugin(StudyPlugin(self.plugin_name, self.objective, self.setup),
+                                    name=self.plugin_name)
+        self.futures = as_completed()
+        status = "FINISHED"
+        try:
+            self._fill()
+            for future in self.futures:
+                self._collect(future)
+                self._fill()
+        except KeyboardInterrupt:
+            status = "KILLED"
+            self._interrupt()
+            raise
+        except TooManyFailures:
+            status = "FAILED"
+            self._interrupt()
+            raise
+        finally:
+            self._finish(status)
+
+    def _finish(self, status: str) -> None:
+        study = self.study
+        try:
+            info = self.client.sync(self.client.scheduler.hpo_info, key=self.key)
+            study.budget_summary = (info or {}).get("summary")
+            self.client.unregister_worker_plugin(self.plugin_name)
+        except Exception:  # noqa: BLE001 - the cluster may be going away (Ctrl-C)
+            pass
+        if study._tracker is not None:
+            if study.budget_summary:
+                study._tracker.log_study_metrics(
+                    {k: v for k, v in study.budget_summary.items() if is_number(v)})
+            study._tracker.close(status)
+
+    # -- the loop -------------------------------------------------------------------------
+    def _slots(self) -> int:
+        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        threads = sum(w.get("nthreads", 1) for w in workers) or 1
+        if self.max_concurrent is not None:
+            return min(self.max_concurrent, threads + self.queue_per_worker * len(workers))
+        return threads + self.queue_per_worker * len(workers)
+
+    def _remaining(self) -> float:
+        if time.monotonic() >= self.deadline:
+            return 0
+        if self.n_trials is None:
+            return math.inf
+        finished = sum(1 for t in self.study._trials.values() if t.state.finished)
+        return self.n_trials - finished - len(self.pending)
+
+    def _fill(self) -> None:
+        want = int(min(self._slots() - len(self.pending), self._remaining()))
+        if want <= 0:
+            return
+        study = self.study
+        batch = study._rerun[:want]
+        del study._rerun[: len(batch)]
+        if len(batch) < want and not self.exhausted:
+            new = study.sampler.ask(want - len(batch))
+            self.exhausted = len(new) < want - len(batch)
+            start = max([*study._trials, *(r.number for r in study._rerun),
+                         *(r.number for r in self.pending.values()), -1]) + 1
+            batch += [TrialRecord(start + i, p) for i, p in enumerate(new)]
+        for rec in batch:
+            self._submit(rec)
+
+    def _submit(self, rec: TrialRecord) -> None:
+        rec.state, rec.budget, rec.start = TrialState.RUNNING, self.budget, time.time()
+        spec = {"key": self.key, "number": rec.number, "params": rec.params,
+                "budget": rec.budget, "metrics": self.study.metrics, "reports": self.reports,
+                "attempt": rec.attempts}
+        future = self.client.submit(
+            run_trial, self.plugin_name, spec, key=f"hpo-trial-{self.key}-{rec.number}",
+            pure=False, resources=self.resources,
+        )
+        self.pending[future] = rec
+        self.futures.add(future)
+
+    def _collect(self, future: Any) -> None:
+        rec = self.pending.pop(future)
+        study = self.study
+        try:
+            out = future.result()
+        except Exception as exc:  # the worker died (KilledWorker) or the task was lost
+            out = {"state": "FAILED", "error": f"{type(exc).__name__}: {exc}",
+                   "end": time.time()}
+        finally:
+            future.release()
+        rec.state = TrialState(out["state"])
+        rec.values, rec.metrics = out.get("values"), out.get("metrics") or {}
+        rec.intermediate = [tuple(x) for x in out.get("intermediate") or []]
+        rec.error, rec.traceback = out.get("error"), out.get("traceback")
+        rec.worker, rec.host = out.get("worker"), out.get("host")
+        rec.start, rec.end = out.get("start", rec.start), out.get("end")
+        rec.pruned_step = out.get("pruned_step")
+        rec.tags.update(out.get("tags") or {})
+        study._trials[rec.number] = rec
+        study.sampler.tell(rec.params, rec.to_result())
+        if study._tracker is not None:
+            study._tracker.log_trial(rec, study.metrics)
+        study._update_best(rec)
+        if rec.state is TrialState.FAILED:
+            self.failures += 1
+            if self.max_failures is not None and self.failures > self.max_failures:
+                raise TooManyFailures(
+                    f"study {study.name!r} stopped: {self.failures} trials failed, more than "
+                    f"max_failures={self.max_failures}; last error: {rec.error}"
+                )
+
+    def _interrupt(self) -> None:
+        """Record the trials still in flight as INTERRUPTED (resume runs them again)."""
+        for future, rec in list(self.pending.items()):
+            future.cancel()
+            rec.state, rec.end = TrialState.INTERRUPTED, time.time()
+            rec.start = rec.start or rec.end
+            self.study._trials.pop(rec.number, None)
+            self.study._rerun.append(rec)
+            if self.study._tracker is not None:
+                self.study._tracker.log_trial(rec, self.study.metrics)
+        self.pending.clear()

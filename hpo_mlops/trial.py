@@ -1,0 +1,100 @@
+"""The handle an objective receives: ``objective(params, trial)``.
+
+It runs on a worker. ``report`` sends the value to the study's scheduler rule (over one
+RPC to the Dask scheduler plugin) and remembers the decision, so ``should_prune`` costs
+nothing; with a rule that never stops trials (``fifo``) no RPC is made at all.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from hpo_mlops.errors import ReportError
+
+#: reporter(trial_number, step, value) -> True when the trial should stop
+Reporter = Callable[[int, int, float], bool]
+
+
+class TrialPruned(Exception):  # noqa: N818 - the name users know from Optuna
+    """Raise from an objective to stop a trial the scheduler pruned (returning works too)."""
+
+
+class Trial:
+    """What an objective sees of its trial.
+
+    Attributes: ``params`` (this trial's configuration), ``number`` (unique in the study),
+    ``budget`` (how far it may go, e.g. epochs; ``None`` when the scheduler sets none),
+    ``context`` (what ``optimize(setup=...)`` built once on this worker), ``attempt``.
+    """
+
+    def __init__(
+        self,
+        number: int,
+        params: dict[str, Any],
+        budget: float | None = None,
+        reporter: Reporter | None = None,
+        context: Any = None,
+        attempt: int = 1,
+        checkpoint_dir: str | None = None,
+    ) -> None:
+        self.number = number
+        self.params = params
+        self.budget = int(budget) if isinstance(budget, float) and budget.is_integer() else budget
+        self.context = context
+        self.attempt = attempt
+        self.checkpoint_dir = checkpoint_dir
+        self._reporter = reporter
+        self._intermediate: list[tuple[int, float]] = []
+        self._prune = False
+        self._pruned_step: int | None = None
+
+    # -- reports --------------------------------------------------------------------------
+    def report(self, value: float, step: int) -> None:
+        """Record ``value`` (the study's primary metric) at ``step`` (epoch, iteration...).
+
+        Steps must be integers that increase; NaN/inf are recorded as the worst value.
+        """
+        if step is None or isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            raise ReportError(f"trial.report needs an integer step, got step={step!r}")
+        step = int(step)
+        if self._intermediate and step <= self._intermediate[-1][0]:
+            raise ReportError(
+                f"trial {self.number}: steps must increase, got step={step} after "
+                f"step={self._intermediate[-1][0]}"
+            )
+        if self._prune:
+            raise ReportError(
+                f"trial {self.number} was pruned at step {self._pruned_step}; "
+                f"return from the objective instead of reporting step={step}"
+            )
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ReportError(f"trial.report needs a number, got value={value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            warnings.warn(
+                f"trial {self.number} reported {value} at step {step}; counted as the worst value",
+                stacklevel=2,
+            )
+        self._intermediate.append((step, value))
+        if self._reporter is not None and self._reporter(self.number, step, value):
+            self._prune = True
+            self._pruned_step = step
+
+    def should_prune(self) -> bool:
+        """True when the scheduler decided, at the last report, that this trial should stop."""
+        return self._prune
+
+    @property
+    def intermediate(self) -> list[tuple[int, float]]:
+        return list(self._intermediate)
+
+    @property
+    def pruned_step(self) -> int | None:
+        return self._pruned_step
+
+    def __repr__(self) -> str:
+        return f"Trial(number={self.number}, params={self.params!r}, budget={self.budget!r})"

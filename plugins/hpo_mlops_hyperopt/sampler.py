@@ -1,0 +1,293 @@
+"""Hyperopt's tpe / anneal / rand algorithms behind the ask/tell :class:`Sampler` interface.
+
+Hyperopt has no ask/tell API: ``fmin`` owns the loop. Its algorithms, though, are plain
+functions ``suggest(new_ids, domain, trials, seed) -> [doc]`` that read the history from a
+:class:`hyperopt.Trials` object. So the sampler keeps a ``Trials`` of its own and plays
+``fmin``'s part:
+
+- ``ask`` calls ``suggest`` for one new trial id at a time and inserts the returned doc
+  as a *pending* trial (state ``JOB_STATE_NEW``, no loss) before asking for the next one.
+- ``tell`` writes the outcome into that doc (``status`` ok / fail, ``loss``) and marks it
+  done, then ``trials.refresh()``.
+
+Pending points in a batch: hyperopt's tpe and anneal read every valid doc in ``Trials``
+and give a doc without a loss (new, running or failed) an infinite loss. A pending point
+therefore sits in TPE's "bad" group (a constant liar with the worst value), and anneal
+never explores around it, so later asks are pushed away from earlier pending ones. That
+is what ``fmin`` does with ``max_queue_len > 1``. On top of it, a proposal equal to a
+pending point is re-drawn with a fresh seed (falling back to a random draw after a few
+tries), so identical duplicates only occur when the space has no other point left.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import warnings
+from collections.abc import Callable
+from functools import partial
+from typing import Any, ClassVar
+
+import numpy as np
+from hyperopt import Domain, Trials, anneal, rand, tpe
+from hyperopt.base import (
+    JOB_STATE_CANCEL,
+    JOB_STATE_DONE,
+    STATUS_FAIL,
+    STATUS_OK,
+)
+
+from hpo_mlops.errors import ConfigError, SpaceError
+from hpo_mlops.results import Result, TrialState
+from hpo_mlops.samplers.base import Params, Sampler
+from hpo_mlops_hyperopt.space import HyperoptSpace
+
+__all__ = [
+    "HyperoptAnnealSampler",
+    "HyperoptRandSampler",
+    "HyperoptSampler",
+    "HyperoptTPESampler",
+]
+
+Suggest = Callable[..., list[dict[str, Any]]]
+
+#: redraws of a proposal that duplicates a pending point; the second half are random draws
+_MAX_REDRAWS = 16
+_SEED_HIGH = 2**31 - 1  # hyperopt passes seeds of this size to its algorithms
+
+
+def _never_called(_: Any) -> None:  # pragma: no cover - hyperopt needs an fn, we never run it
+    raise RuntimeError("hpo-mlops drives hyperopt's algorithms directly; Domain.fn is unused")
+
+
+def _now() -> datetime.datetime:
+    """What hyperopt's ``fmin`` stores as ``refresh_time`` (naive UTC, millisecond precision)."""
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    return now.replace(microsecond=(now.microsecond // 1000) * 1000)
+
+
+class HyperoptSampler(Sampler):
+    """Common driver of hyperopt's algorithms; subclasses choose ``suggest`` and its options.
+
+    Conditional spaces are native to hyperopt (nested ``hp.choice``), so they are supported;
+    hyperopt minimizes one loss, so multi-objective studies are refused by the base class.
+    """
+
+    supports_conditional: ClassVar[bool] = True
+    supports_multi_objective: ClassVar[bool] = False
+
+    def _suggest(self) -> Suggest:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _setup(self) -> None:
+        assert self.space is not None
+        direction = self.directions[0]
+        if direction not in ("minimize", "maximize"):
+            raise ConfigError(
+                f"direction must be 'minimize' or 'maximize', got {direction!r}"
+            )
+        #: hyperopt minimizes: a maximized metric enters its Trials negated
+        self._sign = -1.0 if direction == "maximize" else 1.0
+        self.hspace = HyperoptSpace(self.space)
+        self.domain = Domain(_never_called, self.hspace.expr)
+        self.trials = Trials()
+        self._algo = self._suggest()
+        self._rng = np.random.default_rng(self.seed)
+        # id(params) -> (the dict ask returned, its doc in self.trials); holding the dict
+        # keeps its id from being reused while the trial is pending
+        self._pending: dict[int, tuple[Params, dict[str, Any]]] = {}
+
+    # -- ask --------------------------------------------------------------------------------
+    def ask(self, n: int = 1) -> list[Params]:
+        """``n`` new points, each registered as a pending trial before the next is drawn."""
+        assert self.space is not None, "setup() first"
+        out: list[Params] = []
+        for _ in range(max(n, 0)):
+            params, doc = self._draw()
+            self.trials.insert_trial_docs([doc])  # inserts a (SONified) copy
+            self.trials.refresh()
+            stored = self.trials.trials[-1]
+            assert stored["tid"] == doc["tid"]
+            self._pending[id(params)] = (params, stored)
+            out.append(params)
+        return out
+
+    def _draw(self) -> tuple[Params, dict[str, Any]]:
+        (tid,) = self.trials.new_trial_ids(1)
+        pending = [p for p, _ in self._pending.values()]
+        params: Params = {}
+        doc: dict[str, Any] = {}
+        for attempt in range(_MAX_REDRAWS):
+            algo = self._algo if attempt < _MAX_REDRAWS // 2 else rand.suggest
+            seed = int(self._rng.integers(_SEED_HIGH))
+            doc = algo([tid], self.domain, self.trials, seed)[0]
+            params = self.hspace.decode(doc["misc"]["vals"])
+            if params not in pending:
+                break
+        return params, doc
+
+    # -- tell -------------------------------------------------------------------------------
+    def tell(self, params: Params, result: Result) -> None:
+        """Record the outcome on the pending doc ``params`` came from, or as a new observation.
+
+        ``params`` is normally the very dict ``ask`` returned; an equal copy of a pending
+        point is matched too (a manager may have serialised it). Anything else is a trial
+        recorded by an earlier run and is added to ``Trials`` as a finished observation.
+        """
+        assert self.space is not None, "setup() first"
+        if result.state is TrialState.RUNNING:
+            return  # nothing to learn yet; the point stays pending
+        key = id(params) if id(params) in self._pending else None
+        if key is None:
+            key = next((k for k, (p, _) in self._pending.items() if p == params), None)
+        if key is None:
+            self._observe(params, result)
+            return
+        _, doc = self._pending.pop(key)
+        if result.state is TrialState.INTERRUPTED:
+            # not an outcome: drop the doc so it stops acting as a pending (worst) point
+            doc["state"] = JOB_STATE_CANCEL
+        else:
+            doc["result"] = self._hyperopt_result(result)
+            doc["state"] = JOB_STATE_DONE
+        doc["refresh_time"] = _now()
+        self.trials.refresh()
+
+    def _hyperopt_result(self, result: Result) -> dict[str, Any]:
+        """Hyperopt's result dict: ``ok`` with a finite loss, or ``fail`` (no loss = worst).
+
+        A pruned trial is ``ok`` with the last value it reported (as Optuna's TPE uses
+        pruned trials), flagged ``pruned`` so it can be told apart in ``Trials``.
+        """
+        value: float | None = None
+        if result.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            if result.values:
+                value = result.values[0]
+            elif result.state is TrialState.PRUNED and result.intermediate:
+                value = result.intermediate[-1][1]
+        out: dict[str, Any] = {"status": STATUS_FAIL}
+        if value is not None and math.isfinite(value):
+            out = {"status": STATUS_OK, "loss": self._sign * float(value)}
+        if result.state is TrialState.PRUNED:
+            out["pruned"] = True
+        return out
+
+    def _observe(self, params: Params, result: Result) -> None:
+        """Add a trial this sampler never proposed (resume) as a finished hyperopt doc."""
+        assert self.space is not None
+        if not result.state.finished:
+            return  # an interrupted trial from an earlier run teaches nothing
+        try:
+            active = self.space.validate_params(params)
+        except SpaceError as exc:
+            warnings.warn(
+                f"{self.name or type(self).__name__}: ignoring a recorded trial that does not "
+                f"fit the search space ({exc})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
+        (tid,) = self.trials.new_trial_ids(1)
+        idxs, vals = self.hspace.encode(active, tid)
+        misc = {
+            "tid": tid,
+            "cmd": self.domain.cmd,
+            "workdir": self.domain.workdir,
+            "idxs": idxs,
+            "vals": vals,
+        }
+        (doc,) = self.trials.new_trial_docs([tid], [None], [self._hyperopt_result(result)], [misc])
+        doc["state"] = JOB_STATE_DONE
+        doc["refresh_time"] = _now()
+        self.trials.insert_trial_docs([doc])
+        self.trials.refresh()
+
+    # -- introspection ----------------------------------------------------------------------
+    @property
+    def n_pending(self) -> int:
+        """Points handed out by ``ask`` and not yet told."""
+        return len(self._pending)
+
+
+def _check(name: str, value: Any, ok: bool, allowed: str) -> None:
+    if isinstance(value, bool) or not ok:
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class HyperoptTPESampler(HyperoptSampler):
+    """Hyperopt's Tree-structured Parzen Estimator (``hyperopt.tpe.suggest``).
+
+    Options are hyperopt's own, with its defaults: ``n_startup_jobs`` random trials
+    (pending ones included) before the model is used, ``n_EI_candidates`` draws scored
+    per proposal, ``gamma`` the fraction of trials counted as "good", ``prior_weight``
+    the weight of the prior in the Parzen estimators.
+    """
+
+    name = "hyperopt.tpe"
+
+    def __init__(
+        self,
+        *,
+        n_startup_jobs: int = 20,
+        n_EI_candidates: int = 24,
+        gamma: float = 0.25,
+        prior_weight: float = 1.0,
+    ) -> None:
+        _check("n_startup_jobs", n_startup_jobs,
+               isinstance(n_startup_jobs, int) and n_startup_jobs >= 1, "an integer >= 1")
+        _check("n_EI_candidates", n_EI_candidates,
+               isinstance(n_EI_candidates, int) and n_EI_candidates >= 1, "an integer >= 1")
+        _check("gamma", gamma, _is_number(gamma) and 0 < gamma < 1, "a number in (0, 1)")
+        _check("prior_weight", prior_weight, _is_number(prior_weight) and prior_weight > 0,
+               "a number > 0")
+        super().__init__(
+            n_startup_jobs=n_startup_jobs,
+            n_EI_candidates=n_EI_candidates,
+            gamma=gamma,
+            prior_weight=prior_weight,
+        )
+
+    def _suggest(self) -> Suggest:
+        return partial(tpe.suggest, verbose=False, **self.options)
+
+
+class HyperoptAnnealSampler(HyperoptSampler):
+    """Hyperopt's simulated annealing (``hyperopt.anneal.suggest``).
+
+    Each proposal perturbs one of the best trials so far (index drawn from a geometric
+    distribution of mean ``avg_best_idx``) in a neighbourhood that shrinks with the number
+    of observations at rate ``shrink_coef``.
+    """
+
+    name = "hyperopt.anneal"
+
+    def __init__(self, *, avg_best_idx: float = 2.0, shrink_coef: float = 0.1) -> None:
+        _check("avg_best_idx", avg_best_idx, _is_number(avg_best_idx) and avg_best_idx >= 1,
+               "a number >= 1")
+        _check("shrink_coef", shrink_coef, _is_number(shrink_coef) and shrink_coef >= 0,
+               "a number >= 0")
+        super().__init__(avg_best_idx=avg_best_idx, shrink_coef=shrink_coef)
+
+    def _suggest(self) -> Suggest:
+        return partial(anneal.suggest, **self.options)
+
+
+class HyperoptRandSampler(HyperoptSampler):
+    """Hyperopt's random search (``hyperopt.rand.suggest``): hyperopt's priors, no model.
+
+    Useful as the baseline of a hyperopt comparison (it draws from the same
+    distributions, e.g. ``hp.normal``, as the model-based algorithms start from).
+    """
+
+    name = "hyperopt.rand"
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def _suggest(self) -> Suggest:
+        return rand.suggest
