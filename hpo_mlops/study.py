@@ -87,6 +87,7 @@ class Study:
         self.resume = resume
         self._tracker = Tracker(tracking_uri) if tracking else None
         self._opened = False
+        self._loaded = False
         self._trials: dict[int, TrialRecord] = {}
         self._rerun: list[TrialRecord] = []
         self._best: TrialRecord | None = None
@@ -95,6 +96,8 @@ class Study:
     # -- results ------------------------------------------------------------------------
     @property
     def trials(self) -> list[TrialRecord]:
+        """Every finished trial, by number (an earlier run's trials included)."""
+        self._load()
         return [self._trials[n] for n in sorted(self._trials)]
 
     @property
@@ -209,27 +212,34 @@ class Study:
             run.execute()
         return self
 
-    def _open(self) -> None:
-        """Open (or resume) the study's MLflow run; load what an earlier run recorded."""
-        if self._opened:
+    def _load(self) -> None:
+        """Read what an earlier run of this study recorded (read-only, once)."""
+        if self._loaded or self._tracker is None or not self.resume:
             return
-        self._opened = True
-        if self._tracker is None:
+        self._loaded = True
+        self._absorb(self._tracker.find_study(self.name))
+
+    def _open(self) -> None:
+        """Open (or resume) the study's MLflow run."""
+        if self._opened or self._tracker is None:
             return
         params = {
             "metric": ",".join(self.metrics), "mode": ",".join(self.modes),
             "sampler": self.sampler.describe(), "scheduler": self._scheduler_rule.describe(),
             "space": self.space.to_dict(), "seed": self.seed,
         }
-        previous = self._tracker.open_study(self.name, params, self.space.to_json(), self.resume)
-        if previous:
+        self._load()
+        if self._tracker.parent_run_id is not None:
             stored = self._tracker.stored_space()
             if stored is not None and json.loads(stored) != self.space.to_dict():
-                self._tracker.close("KILLED")
                 raise ConfigError(
                     f"study {self.name!r} in {self._tracker.tracking_uri} was run with another "
                     f"space {json.loads(stored)}; use another name or resume=False"
                 )
+        self._tracker.open_study(self.name, params, self.space.to_json(), self.resume)
+        self._opened = True
+
+    def _absorb(self, previous: list[TrialRecord]) -> None:
         for rec in previous:
             if rec.state.finished:
                 if rec.values is None and rec.state is not TrialState.FAILED:
@@ -247,7 +257,7 @@ class Study:
         if self._best is None or sign * rec.value < sign * self._best.value:
             self._best = rec
             if log and self._tracker is not None:
-                self._tracker.log_best(rec, self.metrics)
+                self._tracker.log_best(rec, self.metrics, len(self._trials))
 
     def __repr__(self) -> str:
         return f"Study(name={self.name!r}, trials={len(self._trials)}, sampler={self.sampler.name!r})"

@@ -76,9 +76,21 @@ class Tracker:
         self.written = 0
 
     # -- study ------------------------------------------------------------------------------
+    def find_study(self, name: str) -> list[TrialRecord]:
+        """The trials an earlier run of study ``name`` recorded (read-only; [] if none)."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None or exp.lifecycle_stage == "deleted":
+            return []
+        self.experiment_id = exp.experiment_id
+        parent = self._find_parent(name)
+        if parent is None:
+            return []
+        self.parent_run_id = parent.info.run_id
+        return self.load_trials()
+
     def open_study(self, name: str, params: dict[str, Any], space_json: str,
-                   resume: bool = True) -> list[TrialRecord]:
-        """Find or create the study run; returns the trials an earlier run recorded."""
+                   resume: bool = True) -> None:
+        """Continue the study's run (``resume``, when there is one) or create a new one."""
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             self.experiment_id = self.client.create_experiment(name)
@@ -86,11 +98,9 @@ class Tracker:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
-        previous: list[TrialRecord] = []
         parent = self._find_parent(name) if resume else None
         if parent is not None:
             self.parent_run_id = parent.info.run_id
-            previous = self.load_trials()
             self.client.update_run(self.parent_run_id, status="RUNNING")
         else:
             run = self.client.create_run(
@@ -106,7 +116,6 @@ class Tracker:
             )
             self.client.log_text(self.parent_run_id, space_json, "space.json")
         self._start_writer()
-        return previous
 
     def stored_space(self) -> str | None:
         """The space the study was first run with (to refuse a changed space on resume)."""
@@ -228,7 +237,8 @@ class Tracker:
             live.run_id = run_id
         else:
             self.client.update_run(run_id, status="RUNNING")
-        end = _ms(rec.end)
+        # the final values must be MLflow's "latest" (max step, then max timestamp)
+        end = max(_ms(rec.end), _ms(rec.start) + len(rec.intermediate))
         metrics = [Metric(metric_names[0], v, _ms(rec.start) + i, s)
                    for i, (s, v) in enumerate(rec.intermediate)]
         last_step = rec.intermediate[-1][0] if rec.intermediate else 0
@@ -253,15 +263,19 @@ class Tracker:
             self._name_cache = self.client.get_run(self.parent_run_id).data.tags.get(STUDY, "")
         return self._name_cache
 
-    def log_best(self, rec: TrialRecord, metric_names: list[str]) -> None:
-        """Keep the study run's best value (a metric with the trial number as step) and params."""
+    def log_best(self, rec: TrialRecord, metric_names: list[str], finished: int) -> None:
+        """Keep the study run's best value and params up to date.
+
+        ``best_<metric>`` is logged with the count of finished trials as its step: steps
+        only grow, so MLflow's latest value is always the best (a best-so-far curve).
+        """
         params, values, number = dict(rec.params), list(rec.values or []), rec.number
 
         def write() -> None:
             from mlflow.entities import Metric, RunTag
 
             now = _ms(None)
-            metrics = [Metric(f"best_{m}", v, now, number)
+            metrics = [Metric(f"best_{m}", v, now, finished)
                        for m, v in zip(metric_names, values, strict=False)]
             tags = [RunTag("hpo.best_trial", str(number)),
                     RunTag("hpo.best_params", json.dumps(params))]

@@ -51,8 +51,11 @@ __all__ = [
 
 Suggest = Callable[..., list[dict[str, Any]]]
 
-#: redraws of a proposal that duplicates a pending point; the second half are random draws
-_MAX_REDRAWS = 16
+#: draws of a proposal that duplicates a pending point: first from the algorithm with fresh
+#: seeds (a model may keep preferring one point), then from the prior, which in a small
+#: discrete space finds the few points left; a random draw costs ~0.3 ms
+_MODEL_DRAWS = 8
+_MAX_DRAWS = 64
 _SEED_HIGH = 2**31 - 1  # hyperopt passes seeds of this size to its algorithms
 
 
@@ -118,8 +121,8 @@ class HyperoptSampler(Sampler):
         pending = [p for p, _ in self._pending.values()]
         params: Params = {}
         doc: dict[str, Any] = {}
-        for attempt in range(_MAX_REDRAWS):
-            algo = self._algo if attempt < _MAX_REDRAWS // 2 else rand.suggest
+        for attempt in range(_MAX_DRAWS):
+            algo = self._algo if attempt < _MODEL_DRAWS else rand.suggest
             seed = int(self._rng.integers(_SEED_HIGH))
             doc = algo([tid], self.domain, self.trials, seed)[0]
             params = self.hspace.decode(doc["misc"]["vals"])

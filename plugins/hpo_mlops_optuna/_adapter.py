@@ -1,0 +1,304 @@
+"""One adapter that puts any Optuna sampler behind :class:`hpo_mlops.samplers.Sampler`.
+
+It drives an in-memory Optuna study through the ask/tell API: ``ask`` creates Optuna
+trials and suggests the space's parameters define-by-run (in the space's order, parents
+before children, skipping parameters whose condition does not hold), ``tell`` finishes
+the Optuna trial that produced the params dict, or adds a recorded trial with
+``study.add_trial`` when resuming. Asked-but-not-told trials stay RUNNING in the Optuna
+study, which is what lets TPE's constant liar and GP's q-batch acquisition keep parallel
+asks apart.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import numpy as np
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import Trial
+from optuna.trial import TrialState as OptunaState
+
+from hpo_mlops.errors import HPOError
+from hpo_mlops.results import Result, TrialState
+from hpo_mlops.samplers.base import Params, Sampler
+from hpo_mlops.space import Space
+
+from ._mapping import Native, native, plain
+
+_log = logging.getLogger(__name__)
+
+#: how often a duplicate of a pending point is thrown back to the Optuna sampler before
+#: the adapter picks a non-pending point itself
+_REASKS = 8
+#: random draws tried for that point before a duplicate is accepted (a finite space with
+#: fewer points than pending trials)
+_FALLBACK_DRAWS = 1000
+
+
+class MissingDependencyError(HPOError, ImportError):
+    """The Optuna sampler needs a package that is not installed (e.g. ``cmaes``, ``torch``).
+
+    An :class:`ImportError`, so callers that probe optional samplers can skip them, and an
+    :class:`HPOError`, so the CLI prints the one-line install hint instead of a traceback.
+    """
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Silence Optuna while the adapter calls it.
+
+    Optuna logs every finished trial at INFO and warns about experimental features; the
+    manager has its own trial log and MLflow, so both are noise here. Levels are restored
+    afterwards: a user's own Optuna code in the same process keeps its settings.
+    """
+    logger = logging.getLogger("optuna")
+    old = logger.level
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            yield
+    finally:
+        logger.setLevel(old)
+
+
+def _key(params: Params) -> tuple[tuple[str, str, str], ...]:
+    """Identity of a configuration: ``1``, ``1.0`` and ``True`` are different points."""
+    return tuple(sorted((k, type(v).__name__, repr(v)) for k, v in params.items()))
+
+
+class OptunaSampler(Sampler):
+    """Base of the Optuna adapters; subclasses name the Optuna class and its defaults.
+
+    ``options`` are passed to the Optuna sampler's constructor (on top of ``defaults``);
+    the study's seed becomes its ``seed`` unless the options name one.
+    """
+
+    #: the Optuna sampler class this adapter wraps
+    optuna_class: ClassVar[type[optuna.samplers.BaseSampler]]
+    #: options this adapter sets differently from Optuna's own defaults (and why: see
+    #: each subclass); a user's option always wins
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: (module, pip requirement) the Optuna sampler imports lazily
+    requires: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        label = self.name or type(self).__name__
+        for module, requirement in self.requires:
+            if importlib.util.find_spec(module) is None:
+                raise MissingDependencyError(
+                    f"sampler {label!r} needs the package {requirement!r}, which is not "
+                    f"installed: pip install {requirement}"
+                )
+        # Refuse unknown options now (registry.create turns TypeError into a ConfigError
+        # naming the sampler), not at setup() after a cluster has been started.
+        sig = inspect.signature(self.optuna_class)
+        try:
+            sig.bind(**options)
+        except TypeError as exc:
+            allowed = ", ".join(p for p in sig.parameters if p != "self")
+            raise TypeError(f"{exc}; {self.optuna_class.__name__} accepts: {allowed}") from None
+        self._study: optuna.Study | None = None
+        self._natives: dict[str, Native] = {}
+        # id(params dict) -> (that dict, its Optuna trial). The dict is kept so its id
+        # cannot be reused by another object while the trial is pending.
+        self._pending: dict[int, tuple[Params, Trial]] = {}
+        self._pending_keys: dict[tuple[tuple[str, str, str], ...], int] = {}
+        self._rng = np.random.default_rng()
+
+    # -- configuration ----------------------------------------------------------------------
+    def sampler_options(self) -> dict[str, Any]:
+        """Keyword arguments for the Optuna sampler, without ``seed``."""
+        return {**self.defaults, **self.options}
+
+    def describe(self) -> dict[str, Any]:
+        """Name and the options the Optuna sampler really gets (defaults included)."""
+        opts = self.sampler_options()
+        opts.pop("seed", None)
+        seed = self.options.get("seed", self.seed)
+        out: dict[str, Any] = {"name": self.name or type(self).__name__, **opts}
+        if seed is not None:
+            out["seed"] = seed
+        return out
+
+    @property
+    def study(self) -> optuna.Study:
+        """The underlying in-memory Optuna study, for inspection (e.g. in tests)."""
+        if self._study is None:
+            raise RuntimeError(f"sampler {self.name!r}: call setup() before using it")
+        return self._study
+
+    def _build(self, **extra: Any) -> optuna.samplers.BaseSampler:
+        """A fresh Optuna sampler with the study's seed and this adapter's options."""
+        kwargs = {**self.sampler_options(), **extra}
+        kwargs.setdefault("seed", self.seed)
+        with quiet():
+            return self.optuna_class(**kwargs)
+
+    def _setup(self) -> None:
+        assert self.space is not None
+        self._natives = {p.name: native(p) for p in self.space}
+        self._pending.clear()
+        self._pending_keys.clear()
+        self._rng = np.random.default_rng(self.seed)
+        with quiet():
+            self._study = optuna.create_study(
+                directions=list(self.directions), sampler=self._build()
+            )
+
+    # -- ask ---------------------------------------------------------------------------------
+    def ask(self, n: int = 1) -> list[Params]:
+        """``n`` configurations, none equal to another pending one.
+
+        The Optuna sampler is asked first (constant liar etc. already steer it away from
+        pending points); a duplicate it still proposes -- likely in small discrete spaces,
+        and certain while TPE/GP sample their random start-up trials -- is failed in the
+        Optuna study (failed trials are invisible to every Optuna sampler) and asked
+        again; after a few tries the adapter enqueues a random non-pending point.
+        """
+        space = self._space()
+        out = []
+        with quiet():
+            self._before_ask()
+            for _ in range(n):
+                params, trial = self._ask_one(space)
+                self._pending[id(params)] = (params, trial)
+                key = _key(params)
+                self._pending_keys[key] = self._pending_keys.get(key, 0) + 1
+                out.append(params)
+        return out
+
+    def _ask_one(self, space: Space) -> tuple[Params, Trial]:
+        for _ in range(_REASKS):
+            trial = self.study.ask()
+            params = self._suggest(space, trial)
+            if _key(params) not in self._pending_keys:
+                return params, trial
+            self.study.tell(trial, state=OptunaState.FAIL)
+        for _ in range(_FALLBACK_DRAWS):
+            candidate = space.sample(self._rng)
+            if _key(candidate) not in self._pending_keys:
+                self.study.enqueue_trial(
+                    {k: self._natives[k].to_native(v) for k, v in candidate.items()}
+                )
+                trial = self.study.ask()
+                return self._suggest(space, trial), trial
+        # Fewer points in the space than pending trials: a duplicate cannot be avoided.
+        trial = self.study.ask()
+        return self._suggest(space, trial), trial
+
+    def _suggest(self, space: Space, trial: Trial) -> Params:
+        """Define-by-run: parents are suggested before the children they switch on."""
+        params: Params = {}
+        for p in space:
+            if p.condition is not None and not p.condition.holds(params):
+                continue
+            nat = self._natives[p.name]
+            params[p.name] = plain(nat.to_public(nat.suggest(trial)))
+        return params
+
+    # -- tell --------------------------------------------------------------------------------
+    def tell(self, params: Params, result: Result) -> None:
+        """Finish the Optuna trial behind ``params``, or replay a recorded trial.
+
+        PRUNED trials first get their intermediate values reported, as Optuna's own
+        pruning does, so TPE learns from them (Optuna keeps the last one as the value);
+        FAILED (and INTERRUPTED) ones become FAIL, which Optuna samplers ignore.
+        """
+        self._space()
+        entry = self._pending.pop(id(params), None)
+        if entry is None or entry[0] is not params:
+            self._replay(params, result)
+            return
+        key = _key(params)
+        self._pending_keys[key] -= 1
+        if not self._pending_keys[key]:
+            del self._pending_keys[key]
+        trial = entry[1]
+        with quiet():
+            if result.state is TrialState.COMPLETE:
+                values = self._values(result)
+                if values is None:  # NaN: Optuna refuses it, and it teaches nothing
+                    self.study.tell(trial, state=OptunaState.FAIL)
+                else:
+                    self.study.tell(trial, values, state=OptunaState.COMPLETE)
+            elif result.state is TrialState.PRUNED:
+                for step, value in self._intermediate(result).items():
+                    trial.report(value, step)
+                self.study.tell(trial, state=OptunaState.PRUNED)
+            else:
+                self.study.tell(trial, state=OptunaState.FAIL)
+
+    def _replay(self, params: Params, result: Result) -> None:
+        """Add a trial recorded by an earlier run (resume) as an observation."""
+        space = self._space()
+        if not result.state.finished:
+            return  # a RUNNING/INTERRUPTED record holds nothing to learn from
+        try:
+            public = space.validate_params(params)
+        except HPOError as exc:
+            _log.warning(
+                "sampler %r: not learning from a recorded trial outside the space: %s",
+                self.name,
+                exc,
+            )
+            return
+        natives = {k: self._natives[k] for k in public}
+        kwargs: dict[str, Any] = {
+            "params": {k: natives[k].to_native(v) for k, v in public.items()},
+            "distributions": {k: n.dist for k, n in natives.items()},
+        }
+        if result.state is TrialState.COMPLETE and self._values(result) is not None:
+            kwargs.update(state=OptunaState.COMPLETE, values=self._values(result))
+        elif result.state is TrialState.PRUNED:
+            inter = self._intermediate(result)
+            kwargs.update(state=OptunaState.PRUNED, intermediate_values=inter)
+            if inter:
+                kwargs["values"] = [inter[max(inter)]]  # what study.tell(PRUNED) stores
+        else:
+            kwargs.update(state=OptunaState.FAIL)
+        with quiet():
+            frozen = optuna.trial.create_trial(**kwargs)
+            self.study.add_trial(frozen)
+        self._on_replay(frozen)
+
+    # -- hooks for subclasses ------------------------------------------------------------------
+    def _before_ask(self) -> None:
+        """Called (inside :func:`quiet`) at the start of every ``ask``."""
+
+    def _on_replay(self, trial: optuna.trial.FrozenTrial) -> None:
+        """Called after a recorded trial was added to the study."""
+
+    def _values(self, result: Result) -> list[float] | None:
+        if result.values is None or len(result.values) != len(self.directions):
+            raise ValueError(
+                f"sampler {self.name!r}: a COMPLETE result needs one value per objective "
+                f"({len(self.directions)}: {', '.join(self.directions)}), got {result.values!r}"
+            )
+        values = [float(v) for v in result.values]
+        return None if any(math.isnan(v) for v in values) else values
+
+    def _intermediate(self, result: Result) -> dict[int, float]:
+        """Steps -> values Optuna can hold: single-objective only (Optuna's rule), the
+        last report of a repeated step wins; with none, the pruned value at step 0."""
+        if len(self.directions) != 1:
+            return {}
+        inter = {int(step): float(v) for step, v in result.intermediate}
+        if not inter and result.values:
+            inter = {0: float(result.values[0])}
+        return dict(sorted(inter.items()))
+
+    def _space(self) -> Space:
+        if self.space is None or self._study is None:
+            raise RuntimeError(f"sampler {self.name!r}: call setup() before ask()/tell()")
+        return self.space
