@@ -65,6 +65,17 @@ class PruningPlugin(SchedulerPlugin):
         return {"describe": rule.describe(), "summary": summary() if summary else None}
 
 
+def _ignore_sigint() -> None:
+    """Ctrl-C is the manager's to handle: it records the running trials and closes the
+    cluster. Worker processes in the terminal's process group would otherwise die on the
+    same SIGINT, each printing a traceback, before the manager could do so."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def dask_reporter(key: str) -> Callable[[int, int, float], bool]:
     """A reporter for :class:`hpo_mlops.trial.Trial` that asks the scheduler plugin."""
     from distributed import get_worker
@@ -93,6 +104,7 @@ class StudyPlugin(WorkerPlugin):
         self.setup_error: str | None = None
 
     def setup(self, worker: Any) -> None:
+        _ignore_sigint()
         if self.setup_fn is None:
             return
         try:

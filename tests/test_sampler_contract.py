@@ -165,9 +165,9 @@ def mixed_space(finite: bool = False) -> Space:
     if finite:
         return Space.from_dict(
             {
-                "x": "uniform(-5, 5, q=1)",
-                "lr": "loguniform(0.001, 0.1, q=0.001)",
-                "n": "randint(1, 8)",
+                "x": "uniform(-5, 5, q=2.5)",
+                "lr": "loguniform(0.001, 0.1, q=0.01)",
+                "n": "randint(1, 4)",
                 "k": "randint(2, 64, q=8)",
                 "act": "choices(['relu', 'tanh', None])",
                 "flag": [True, False],

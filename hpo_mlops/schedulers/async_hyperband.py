@@ -1,0 +1,51 @@
+"""Asynchronous Hyperband: ASHA in several brackets (Ray Tune's AsyncHyperBandScheduler,
+Optuna's HyperbandPruner).
+
+Why brackets: ASHA's first rung judges every trial after ``min_budget``; if early values
+say little about final ones, good slow starters die there. Bracket ``b`` starts judging
+at ``min_budget * eta**b`` instead, and the last bracket never stops anything, so the study
+hedges across "how early can we tell" exactly as synchronous Hyperband does, without its
+waiting.
+
+A new trial's bracket is chosen when it starts, deterministically: brackets take turns in
+a fixed interleaved order weighted by the textbook Hyperband sizes (for ``max_budget=81,
+eta=3``: 81, 27, 9, 6, 5 trials out of every 128), so bracket 0, the cheapest per trial,
+gets the most trials and each bracket gets about the same total budget. The manager may
+also pass ``bracket=`` to ``on_start`` (a resumed study does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpo_mlops.schedulers.asha import ASHAScheduler
+from hpo_mlops.schedulers.brackets import Budget
+
+
+class AsyncHyperbandScheduler(ASHAScheduler):
+    """ASHA with ``brackets`` brackets (default: all ``floor(log_eta(max/min)) + 1``)."""
+
+    name = "async_hyperband"
+    plans_budgets = False
+
+    def __init__(
+        self,
+        mode: str = "min",
+        min_budget: Budget | None = None,
+        max_budget: Budget | None = None,
+        eta: int = 3,
+        brackets: int | None = None,
+        grace_period: Budget | None = None,
+        strict_quota: bool = False,
+        **unknown: Any,
+    ) -> None:
+        super().__init__(
+            mode,
+            min_budget=min_budget,
+            max_budget=max_budget,
+            eta=eta,
+            brackets=brackets,
+            grace_period=grace_period,
+            strict_quota=strict_quota,
+            **unknown,
+        )
