@@ -15,7 +15,7 @@ from hpo_mlops.errors import (
     UnsupportedSpaceError,
 )
 from hpo_mlops.results import Result, TrialRecord, TrialState
-from hpo_mlops.space import Space, choices, loguniform, lognormal, normal, randint, uniform
+from hpo_mlops.space import Space, choices, lognormal, loguniform, normal, randint, uniform
 
 __all__ = [
     "ConfigError",

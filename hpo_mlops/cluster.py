@@ -2,8 +2,13 @@
 
 ``connect`` takes one of: an existing ``client``, the ``address`` of a running scheduler,
 a ``cluster`` (a ready cluster object, or a config dict ``{"kind": "slurm", ...}`` built by
-a registered cluster factory), or nothing (a LocalCluster with one single-threaded worker
-process per core). It closes only what it created.
+a registered cluster factory; ``{"address": ...}`` names a running scheduler), or nothing
+(a LocalCluster with one single-threaded worker process per core). It closes only what it
+created; for a batch-system cluster that means cancelling every job it submitted.
+
+Clusters built here run their scheduler with ``allowed-failures = 0``: a worker lost
+mid-trial fails that task at once, and the *manager* decides to re-run it (``max_retries``),
+so the number of attempts it records is exact and the objective sees ``trial.attempt``.
 """
 
 from __future__ import annotations
@@ -11,15 +16,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from hpo_mlops import registry
-from hpo_mlops.errors import ConfigError
+from hpo_mlops.errors import ConfigError, HPOError
+
+#: scheduler settings for clusters created here (see the module docstring)
+SCHEDULER_CONFIG: dict[str, Any] = {"distributed.scheduler.allowed-failures": 0}
+
+
+class ClusterError(HPOError, RuntimeError):
+    """The cluster gave no workers: the batch system refused the jobs, or none started in
+    time. The message carries the batch system's own words where it had any."""
 
 
 class ClusterFactory:
-    """Config -> a ``distributed`` cluster object. Plugins subclass this (entry points)."""
+    """Config -> a ``distributed`` cluster object. Plugins subclass this (entry points).
+
+    Besides ``create``, the manager calls three hooks, all optional, because a batch
+    cluster starts empty and fills up at the queue's pace: ``planned`` (how big it will
+    get, so trials are queued for workers that have not joined yet), ``wait`` (block
+    until a first worker joined, or fail clearly) and ``cleanup`` (after close: make sure
+    no job is left in the queue).
+    """
 
     name = ""
 
@@ -31,6 +52,20 @@ class ClusterFactory:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.name, **self.options}
+
+    def job_script(self) -> str:
+        """The batch script one worker job would be submitted with (nothing is submitted)."""
+        raise ConfigError(f"cluster kind {self.name!r} submits no batch jobs, so it has no job script")
+
+    def planned(self) -> tuple[int, int] | None:
+        """(workers, threads) the cluster is scaling to; ``None``: count what has joined."""
+        return None
+
+    def wait(self, client: Any) -> None:
+        """Return once the cluster can run a trial; raise :class:`ClusterError` if it cannot."""
+
+    def cleanup(self) -> None:
+        """Called after the cluster was closed, even if closing failed."""
 
 
 class LocalClusterFactory(ClusterFactory):
@@ -60,18 +95,71 @@ class LocalClusterFactory(ClusterFactory):
             opts.setdefault("dashboard_address", None)
         # Send every trial to a worker at once: the manager keeps its own small queue of
         # ready trials, and a scheduler-side queue would add a round trip per trial.
-        with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
+        with dask.config.set({"distributed.scheduler.worker-saturation": float("inf"),
+                              **SCHEDULER_CONFIG}):
             return LocalCluster(**opts)
+
+
+def make_factory(spec: dict[str, Any]) -> ClusterFactory:
+    """A config dict ``{"kind": ..., **options}`` -> its (validated) factory."""
+    options = dict(spec)
+    kind = options.pop("kind", "local")
+    if not isinstance(kind, str):
+        raise ConfigError(f"cluster.kind: must be a name, got {kind!r}; "
+                          f"registered: {', '.join(registry.names(registry.CLUSTERS))}")
+    return registry.create(registry.CLUSTERS, {"name": kind, **options}, ClusterFactory)
 
 
 def build_cluster(spec: Any) -> Any:
     """A config dict ``{"kind": ..., **options}`` -> a cluster object (ready objects pass)."""
     if not isinstance(spec, dict):
         return spec
-    options = dict(spec)
-    kind = options.pop("kind", "local")
-    factory = registry.create(registry.CLUSTERS, {"name": kind, **options}, ClusterFactory)
-    return factory.create()
+    return make_factory(spec).create()
+
+
+def job_script(config: dict[str, Any]) -> str:
+    """The job script a cluster config would submit for one worker, without submitting it.
+
+    Backs ``hpo-mlops cluster job-script``; needs no batch system, only the config.
+    """
+    if not isinstance(config, dict):
+        raise ConfigError(f"cluster: must be a mapping with a 'kind', got {config!r}")
+    return make_factory(config).job_script()
+
+
+#: factories of the clients ``connect`` created from a config, by ``id(client)``
+_FACTORIES: dict[int, ClusterFactory] = {}
+
+
+def planned_capacity(client: Any) -> tuple[int, int] | None:
+    """(workers, threads) the client's cluster is scaling to, if ``connect`` built it."""
+    factory = _FACTORIES.get(id(client))
+    return factory.planned() if factory is not None else None
+
+
+def wait_for_workers(client: Any) -> None:
+    """Block until the client's cluster can run a trial, or raise :class:`ClusterError`.
+
+    Only clusters ``connect`` built from a config wait (with their ``worker_timeout``);
+    a client or cluster object given by the user is theirs to size.
+    """
+    factory = _FACTORIES.get(id(client))
+    if factory is not None:
+        factory.wait(client)
+
+
+def _address_of(cluster: dict[str, Any]) -> str:
+    extra = sorted(set(cluster) - {"address", "kind"})
+    if extra or cluster.get("kind", "address") not in ("address", None):
+        raise ConfigError(
+            "cluster.address: a running scheduler takes no other cluster options, got "
+            f"{', '.join(extra) or 'kind=' + repr(cluster.get('kind'))}"
+        )
+    address = cluster["address"]
+    if not isinstance(address, str) or not address:
+        raise ConfigError(f"cluster.address: must be a scheduler address such as "
+                          f"'tcp://host:8786', got {address!r}")
+    return address
 
 
 @contextlib.contextmanager
@@ -87,7 +175,11 @@ def connect(client: Any = None, address: str | None = None, cluster: Any = None,
     if client is not None:
         yield client
         return
+    if isinstance(cluster, dict) and "address" in cluster:
+        address, cluster = _address_of(cluster), None
     owned: list[Any] = []
+    factory: ClusterFactory | None = None
+    c: Any = None
     try:
         if address is not None:
             c = Client(address)
@@ -97,13 +189,33 @@ def connect(client: Any = None, address: str | None = None, cluster: Any = None,
             elif (isinstance(cluster, dict) and n_workers is not None
                   and cluster.get("kind", "local") == "local"):
                 cluster = {**cluster, "n_workers": n_workers}
-            created = build_cluster(cluster)
-            if created is not cluster:
+            if isinstance(cluster, dict):
+                factory = make_factory(cluster)
+                created = factory.create()
                 owned.append(created)
+            else:
+                created = cluster
             c = Client(created)
+            if factory is not None:
+                _FACTORIES[id(c)] = factory
         owned.insert(0, c)
         yield c
     finally:
+        if c is not None:
+            _FACTORIES.pop(id(c), None)
         for obj in owned:
             with contextlib.suppress(Exception):
                 obj.close()
+        if factory is not None:
+            factory.cleanup()
+
+
+def poll(condition: Any, timeout: float, interval: float = 0.1) -> bool:
+    """Call ``condition()`` until it is true or ``timeout`` seconds passed; its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)

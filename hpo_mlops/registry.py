@@ -7,7 +7,7 @@ A spec is a registered name, a dict ``{"name": ..., **options}``, or a ready ins
 from __future__ import annotations
 
 import difflib
-from functools import lru_cache
+from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -20,7 +20,7 @@ CLUSTERS = "hpo_mlops.clusters"
 _KIND = {SAMPLERS: "sampler", SCHEDULERS: "scheduler", CLUSTERS: "cluster kind"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _entry_points(group: str) -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=group)}
 

@@ -235,7 +235,11 @@ class Normal(Distribution):
         return min(max(statistics.NormalDist(self.mu, self.sigma).cdf(x), 1e-12), 1 - 1e-12)
 
     def clip(self, v: float) -> float:
-        return float(round(_quantize(v, self.q), 12)) if self.q is not None else float(v)
+        if self.q is None:
+            return float(v)
+        v = float(round(_quantize(v, self.q), 12))
+        # a log-normal value is > 0: rounding to the grid must not produce 0
+        return self.q if self.log and v <= 0 else v
 
     def sample(self, rng: np.random.Generator) -> float:
         v = float(rng.normal(self.mu, self.sigma))

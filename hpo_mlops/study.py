@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hpo_mlops import registry
-from hpo_mlops.cluster import connect
+from hpo_mlops.cluster import ClusterError, connect, planned_capacity, wait_for_workers
 from hpo_mlops.dask_plugin import PruningPlugin, StudyPlugin
 from hpo_mlops.errors import ConfigError, TooManyFailures
 from hpo_mlops.objective import make_objective
@@ -92,6 +92,15 @@ class Study:
         self._rerun: list[TrialRecord] = []
         self._best: TrialRecord | None = None
         self.budget_summary: dict[str, Any] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any, resume: bool | None = None) -> Study:
+        """The study a ``params.yaml`` describes: a path, a parsed mapping or a
+        :class:`hpo_mlops.config.Config` (validated there, errors name the key path).
+        ``hpo_mlops.config.optimize_kwargs(cfg)`` gives the matching ``optimize`` arguments."""
+        from hpo_mlops.config import build_study
+
+        return build_study(cfg, resume=resume)
 
     # -- results ------------------------------------------------------------------------
     @property
@@ -188,6 +197,7 @@ class Study:
         max_failures: int | None = None,
         resources: dict[str, float] | None = None,
         queue_per_worker: int = 1,
+        max_retries: int = 3,
     ) -> Study:
         """Run trials until ``n_trials`` (in total) are finished or ``timeout`` seconds passed.
 
@@ -195,20 +205,24 @@ class Study:
         metrics; or give a command (list of argv with ``{param}`` placeholders) whose last
         JSON line on stdout is the result. ``setup()`` runs once per worker and its result
         is ``trial.context``. ``resources`` (e.g. ``{"GPU": 1}``) are Dask worker resources
-        each trial holds.
+        each trial holds. A trial whose worker is lost (its batch job was cancelled, killed or
+        ran out of walltime) runs again, up to ``max_retries`` times, then is FAILED with the
+        reason; it is recorded once, with its attempts in the ``hpo.attempts`` tag.
         """
         _check_positive(n_trials=n_trials, max_concurrent=max_concurrent, n_workers=n_workers)
         if timeout is not None and not (is_number(timeout) and timeout > 0):
             raise ConfigError(f"timeout: must be a number of seconds > 0, got {timeout!r}")
         if max_failures is not None and (not isinstance(max_failures, int) or max_failures < 0):
             raise ConfigError(f"max_failures: must be an integer >= 0, got {max_failures!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigError(f"max_retries: must be an integer >= 0, got {max_retries!r}")
         if n_trials is None and timeout is None and not hasattr(self.sampler, "size"):
             raise ConfigError("give n_trials or timeout (or both): nothing else ends the study")
         fn = make_objective(objective, self.metrics[0])
         self._open()
         with connect(client, address, cluster, n_workers) as dask_client:
             run = _Run(self, dask_client, fn, setup, n_trials, timeout, max_concurrent,
-                       max_failures, resources, queue_per_worker)
+                       max_failures, resources, queue_per_worker, max_retries)
             run.execute()
         return self
 
@@ -274,8 +288,10 @@ class _Run:
 
     def __init__(self, study: Study, client: Any, objective: Any, setup: Any,
                  n_trials: int | None, timeout: float | None, max_concurrent: int | None,
-                 max_failures: int | None, resources: dict | None, queue_per_worker: int) -> None:
+                 max_failures: int | None, resources: dict | None, queue_per_worker: int,
+                 max_retries: int = 3) -> None:
         self.study, self.client = study, client
+        self.max_retries = max_retries
         self.key = f"{study.name}-{uuid.uuid4().hex[:8]}"
         self.plugin_name = f"hpo-study-{self.key}"
         self.objective, self.setup = objective, setup
@@ -285,6 +301,7 @@ class _Run:
         self.pending: dict[Any, TrialRecord] = {}
         self.exhausted = False
         self.failures = 0
+        self._slots_at, self._slots_cache = -math.inf, 1
 
     # -- set-up / tear-down ---------------------------------------------------------------
     def execute(self) -> None:
@@ -304,9 +321,19 @@ class _Run:
         status = "FINISHED"
         try:
             self._fill()
+            # A batch cluster starts empty: wait (bounded) for a first worker, and say why
+            # none came rather than waiting on futures for ever.
+            wait_for_workers(self.client)
             for future in self.futures:
                 self._collect(future)
                 self._fill()
+        except ClusterError:
+            status = "FAILED"
+            for future, rec in list(self.pending.items()):  # never ran: nothing to record
+                future.cancel()
+                self.study._rerun.append(rec)
+            self.pending.clear()
+            raise
         except KeyboardInterrupt:
             status = "KILLED"
             self._interrupt()
@@ -334,11 +361,23 @@ class _Run:
 
     # -- the loop -------------------------------------------------------------------------
     def _slots(self) -> int:
+        """Trials to keep in flight; the cluster's size is re-read at most once a second
+        (``scheduler_info`` is a round trip to the scheduler)."""
+        now = time.monotonic()
+        if now - self._slots_at > 1.0:
+            self._slots_at, self._slots_cache = now, self._count_slots()
+        return self._slots_cache
+
+    def _count_slots(self) -> int:
         workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
-        threads = sum(w.get("nthreads", 1) for w in workers) or 1
+        n_workers, threads = len(workers), sum(w.get("nthreads", 1) for w in workers)
+        plan = planned_capacity(self.client)  # a batch cluster's jobs may still be queued
+        if plan is not None:
+            n_workers, threads = max(n_workers, plan[0]), max(threads, plan[1])
+        threads = threads or 1
         if self.max_concurrent is not None:
-            return min(self.max_concurrent, threads + self.queue_per_worker * len(workers))
-        return threads + self.queue_per_worker * len(workers)
+            return min(self.max_concurrent, threads + self.queue_per_worker * n_workers)
+        return threads + self.queue_per_worker * n_workers
 
     def _remaining(self) -> float:
         if time.monotonic() >= self.deadline:
@@ -369,8 +408,9 @@ class _Run:
         spec = {"key": self.key, "number": rec.number, "params": rec.params,
                 "budget": rec.budget, "metrics": self.study.metrics, "reports": self.reports,
                 "attempt": rec.attempts}
+        retry = f"-a{rec.attempts}" if rec.attempts > 1 else ""  # never reuse a failed key
         future = self.client.submit(
-            run_trial, self.plugin_name, spec, key=f"hpo-trial-{self.key}-{rec.number}",
+            run_trial, self.plugin_name, spec, key=f"hpo-trial-{self.key}-{rec.number}{retry}",
             pure=False, resources=self.resources,
         )
         self.pending[future] = rec
@@ -384,6 +424,8 @@ class _Run:
         except Exception as exc:  # the worker died (KilledWorker) or the task was lost
             out = {"state": "FAILED", "error": f"{type(exc).__name__}: {exc}",
                    "end": time.time()}
+            if self._retry(rec, exc, out):
+                return
         finally:
             future.release()
         rec.state = TrialState(out["state"])
@@ -406,6 +448,39 @@ class _Run:
                     f"study {study.name!r} stopped: {self.failures} trials failed, more than "
                     f"max_failures={self.max_failures}; last error: {rec.error}"
                 )
+
+    def _retry(self, rec: TrialRecord, exc: BaseException, out: dict[str, Any]) -> bool:
+        """Run a trial whose worker was lost again, if ``max_retries`` allows; True if so.
+
+        The manager, not Dask, re-runs it: clusters built by ``connect`` have
+        ``allowed-failures=0``, so each lost worker surfaces here once and ``rec.attempts``
+        counts every run exactly (a scheduler of the user's may have re-run the task
+        ``allowed_failures`` times already; ``KilledWorker`` says how many). Nothing is
+        told or logged until the trial's last attempt, so it appears once in MLflow.
+        """
+        from asyncio import CancelledError
+
+        from distributed.scheduler import KilledWorker
+
+        if isinstance(exc, KilledWorker):
+            runs = exc.allowed_failures + 1
+            last = getattr(exc.last_worker, "address", exc.last_worker)
+        elif isinstance(exc, CancelledError):  # the scheduler lost the task
+            runs, last = 1, None
+        else:
+            return False
+        if last:
+            lost = rec.tags.get("hpo.lost_workers")
+            rec.tags["hpo.lost_workers"] = f"{lost},{last}" if lost else str(last)
+        used = rec.attempts - 1 + runs
+        if used <= self.max_retries:
+            rec.attempts = used + 1
+            self._submit(rec)
+            return True
+        rec.attempts = used
+        out["error"] = (f"worker lost {used} time(s), more than max_retries={self.max_retries}; "
+                        f"last: {out['error']}")
+        return False
 
     def _interrupt(self) -> None:
         """Record the trials still in flight as INTERRUPTED (resume runs them again)."""

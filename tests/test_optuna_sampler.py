@@ -14,20 +14,20 @@ import statistics
 import warnings
 from typing import Any
 
+import hpo_mlops_optuna
 import numpy as np
 import optuna
 import pytest
+from hpo_mlops_optuna import MissingDependencyError, OptunaSampler
+from hpo_mlops_optuna._mapping import plain
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState as OptunaState
 
-import hpo_mlops_optuna
 from hpo_mlops import registry
 from hpo_mlops.errors import ConfigError, HPOError
 from hpo_mlops.results import Result, TrialState
 from hpo_mlops.samplers import Sampler
 from hpo_mlops.space import Space
-from hpo_mlops_optuna import MissingDependencyError, OptunaSampler
-from hpo_mlops_optuna._mapping import plain
 
 NAMES = ["tpe", "cmaes", "gp", "qmc", "nsga2", "optuna.random"]
 
@@ -117,7 +117,7 @@ def test_loguniform_with_q_samples_log_and_snaps() -> None:
         assert v == pytest.approx(round(v / 1e-4) * 1e-4, abs=1e-12)
         assert abs(v - t.params["lr"]) <= 0.5e-4 + 1e-12
     # log scale: half of the mass below the geometric mean ~3.2e-3, not near 0.05
-    assert 0.3 < np.mean(np.array(values) < 10 ** -2.5) < 0.7
+    assert 0.3 < np.mean(np.array(values) < 10**-2.5) < 0.7
 
 
 def test_randint_includes_high_and_keeps_step_and_log() -> None:
@@ -308,6 +308,8 @@ def test_multi_objective_needs_one_value_per_objective() -> None:
     (p,) = s.ask()
     with pytest.raises(ValueError, match="one value per objective"):
         s.tell(p, Result(TrialState.COMPLETE, [1.0]))
+    s.tell(p, Result(TrialState.COMPLETE, [1.0, 2.0]))  # still pending: a good tell works
+    assert s.study.trials[-1].values == [1.0, 2.0]
 
 
 # -- parallel asks ------------------------------------------------------------------------------

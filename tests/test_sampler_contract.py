@@ -122,9 +122,7 @@ NAMES = sorted(set(registry.names(registry.SAMPLERS)) | {THIRD_PARTY})
 
 
 def _params(names: list[str]) -> list[Any]:
-    return [
-        pytest.param(n, id=n, marks=[pytest.mark.slow] if n in SLOW else []) for n in names
-    ]
+    return [pytest.param(n, id=n, marks=[pytest.mark.slow] if n in SLOW else []) for n in names]
 
 
 ALL = _params(NAMES)
@@ -339,6 +337,7 @@ def test_learners_learn_from_recorded_trials(make: Callable[..., Sampler], name:
 @pytest.mark.parametrize("name", ALL)
 def test_same_seed_same_sequence(make: Callable[..., Sampler], name: str) -> None:
     space = space_for(name)
+    # 15 trials: TPE and GP model from the 11th on (10 random start-up trials)
     first = run_sequential(make(name, space, seed=7), 15)
     again = run_sequential(make(name, space, seed=7), 15)
     assert first == again
@@ -370,8 +369,10 @@ def test_batch_asks_do_not_duplicate_pending_points(
 
     for p in pending:
         sampler.tell(p, Result(TrialState.COMPLETE, [f(p)]))
-    batch = sampler.ask(8)  # past the start-up phase: the model (and its liar) at work
-    assert len({key(p) for p in batch}) == 8, sorted(map(key, batch))
+    # past the start-up phase: the model (and its liar) at work; GP takes ~1 s per ask
+    n = 4 if name in SLOW else 8
+    batch = sampler.ask(n)
+    assert len({key(p) for p in batch}) == n, sorted(map(key, batch))
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -424,18 +425,18 @@ def _best_of(sampler: Sampler, n: int) -> float:
 
 @pytest.mark.parametrize("name", LEARNING)
 def test_learners_beat_random_search(make: Callable[..., Sampler], name: str) -> None:
-    """On (x-2)**2 the median best of three seeded runs is 5x below random search's median.
+    """On (x-2)**2 the median best of seeded runs is 5x below random search's median.
 
-    Random search's best of 40 has a median of about 9e-3; TPE, CMA-ES and GP reach 1e-4
-    or better, Hyperopt's TPE about 5e-4. A sampler that ignored what it was told would
-    pass this with a probability of about 0.15 (per seed triple), a learner fails it
-    only if it is broken. GP is costly per ask, so it gets 20 trials (against random
-    search with 20).
+    Random search's best of 40 trials has a median of about 9e-3; TPE, CMA-ES and GP
+    reach about 1e-4 or better, Hyperopt's TPE about 5e-4. A sampler that ignored what it
+    is told (random search) would pass with a probability of about 0.09 (7 runs, at
+    least 4 below the bar), one that optimized the wrong way never. GP is costly per
+    ask, so it gets 3 runs of 20 trials, against random search with 20.
     """
     space = Space.from_dict({"x": "uniform(-5, 5)"})
-    budget = 20 if name == "gp" else 40
+    budget, runs = (20, 3) if name == "gp" else (40, 7)
     random_best = [_best_of(make("random", space, seed=s), budget) for s in range(21)]
-    bests = [_best_of(make(name, space, seed=s), budget) for s in range(3)]
+    bests = [_best_of(make(name, space, seed=s), budget) for s in range(runs)]
     assert statistics.median(bests) < statistics.median(random_best) / 5, (
         bests,
         statistics.median(random_best),

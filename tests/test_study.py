@@ -165,7 +165,7 @@ def test_multi_objective_pareto_front(dask_client, mlflow_uri):
     numbers = {t.number for t in front}
 
     def dominates(a, b):
-        return all(x <= y for x, y in zip(a.values, b.values)) and a.values != b.values
+        return all(x <= y for x, y in zip(a.values, b.values, strict=True)) and a.values != b.values
 
     # on this problem every -1 <= x <= 1 is Pareto-optimal (loss falls, latency rises)
     for t in study.trials:

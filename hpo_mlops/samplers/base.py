@@ -21,6 +21,20 @@ from hpo_mlops.space import Space
 Params = dict[str, Any]
 
 
+def _capable(flag: str) -> list[str]:
+    """Registered samplers with a capability, for error messages (read from the classes)."""
+    from hpo_mlops import registry
+
+    out = []
+    for name in registry.names(registry.SAMPLERS):
+        try:
+            if getattr(registry.load(registry.SAMPLERS, name), flag, False):
+                out.append(name)
+        except Exception:  # noqa: BLE001 - a broken plugin must not hide the real error
+            continue
+    return out
+
+
 class Sampler(ABC):
     """ask/tell sampler. Subclasses set the capability flags and implement the three hooks."""
 
@@ -45,13 +59,14 @@ class Sampler(ABC):
             conditional = [p.name for p in space if p.condition is not None]
             raise UnsupportedSpaceError(
                 f"sampler {label!r} cannot express conditional parameters "
-                f"({', '.join(conditional)}); use one that can: random, grid, tpe, "
-                "optuna.random, hyperopt.tpe, hyperopt.anneal, hyperopt.rand"
+                f"({', '.join(conditional)}); use one that can: "
+                f"{', '.join(_capable('supports_conditional'))}"
             )
         if len(directions) > 1 and not self.supports_multi_objective:
             raise UnsupportedSpaceError(
                 f"sampler {label!r} optimizes a single objective, got {len(directions)} "
-                "metrics; use one that supports several: nsga2, tpe, random, grid, qmc"
+                f"metrics; use one that supports several: "
+                f"{', '.join(_capable('supports_multi_objective'))}"
             )
         self.space, self.directions, self.seed = space, directions, seed
         self._setup()

@@ -26,6 +26,7 @@ two workers reporting at once cannot both take the last place.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,12 +49,23 @@ class _AshaBracket:
     milestones: list[Budget]
     #: per milestone: trial -> score (lower is better), in the order values were recorded
     recorded: list[dict[int, float]] = field(default_factory=list)
+    #: per milestone: the same scores, sorted, so a rank costs O(log n), not O(n)
+    ordered: list[list[float]] = field(default_factory=list)
     #: per milestone: how many trials continued past it
     promoted: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.recorded = [{} for _ in self.milestones]
+        self.ordered = [[] for _ in self.milestones]
         self.promoted = [0 for _ in self.milestones]
+
+    def record(self, k: int, trial: int, score: float) -> int:
+        """Record ``score`` at milestone ``k``; return how many recorded values rank ahead
+        of it (better, or equal and recorded earlier)."""
+        ahead = bisect.bisect_right(self.ordered[k], score)
+        bisect.insort_right(self.ordered[k], score)
+        self.recorded[k][trial] = score
+        return ahead
 
 
 class ASHAScheduler(RungScheduler):
@@ -87,13 +99,19 @@ class ASHAScheduler(RungScheduler):
         if brackets is None:  # all of them
             brackets = n_max
             self.options["brackets"] = brackets
-        if isinstance(brackets, bool) or not isinstance(brackets, int) or not 1 <= brackets <= n_max:
+        if (
+            isinstance(brackets, bool)
+            or not isinstance(brackets, int)
+            or not 1 <= brackets <= n_max
+        ):
             raise ConfigError(
                 f"scheduler.brackets: must be an integer from 1 to {n_max} (floor(log_eta("
                 f"max_budget/min_budget)) + 1), got {brackets!r}"
             )
         if not isinstance(strict_quota, bool):
-            raise ConfigError(f"scheduler.strict_quota: must be true or false, got {strict_quota!r}")
+            raise ConfigError(
+                f"scheduler.strict_quota: must be true or false, got {strict_quota!r}"
+            )
         self.strict_quota = strict_quota
         self._brackets = [
             _AshaBracket(asha_rungs(self.min_budget, self.max_budget, self.eta, skip=b))
@@ -128,7 +146,9 @@ class ASHAScheduler(RungScheduler):
     def _decide(self, track: TrialTrack, step: Budget, score: float) -> Decision:
         return self._record_rungs(track, step, score, decide=True)
 
-    def _record_rungs(self, track: TrialTrack, step: Budget, score: float, decide: bool) -> Decision:
+    def _record_rungs(
+        self, track: TrialTrack, step: Budget, score: float, decide: bool
+    ) -> Decision:
         """Record ``score`` at every milestone this report reached for the first time, deciding
         at each one below ``max_budget``; a report that jumps several milestones is judged at
         each in turn, and stops at the first it fails."""
@@ -138,29 +158,21 @@ class ASHAScheduler(RungScheduler):
                 continue
             if not _le(milestone, step):
                 break
-            b.recorded[k][track.trial] = score
+            ahead = b.record(k, track.trial, score)
             track.rungs.append(milestone)
             if not decide or k == len(b.milestones) - 1:
                 continue  # the last milestone is max_budget: nothing beyond to decide
-            if self._promotable(b, k, track.trial, score):
+            if self._promotable(b, k, ahead, score):
                 b.promoted[k] += 1
             else:
                 self._stop(track, milestone)
                 return Decision.STOP
         return Decision.CONTINUE
 
-    def _promotable(self, b: _AshaBracket, k: int, trial: int, score: float) -> bool:
+    def _promotable(self, b: _AshaBracket, k: int, ahead: int, score: float) -> bool:
         if not math.isfinite(score):
             return False
-        rec = b.recorded[k]
-        quota = max(1, len(rec) // self.eta)
-        ahead = 0
-        earlier = True
-        for t, s in rec.items():
-            if t == trial:
-                earlier = False
-            elif s < score or (s == score and earlier):
-                ahead += 1
+        quota = max(1, len(b.recorded[k]) // self.eta)
         if ahead >= quota:
             return False
         return not (self.strict_quota and b.promoted[k] >= quota)
@@ -215,4 +227,5 @@ class ASHAScheduler(RungScheduler):
         track.last_step = step
         track.last_value = v
         track.max_step = max(track.max_step, step)
+        track.n_reports += 1
         self._record_rungs(track, step, self.score(v), decide=False)

@@ -247,6 +247,7 @@ class TrialTrack:
     last_value: float | None = None
     value_at_budget: float | None = None  # last value reported at a step <= budget (this job)
     max_step: float = 0.0  # highest step ever reported
+    n_reports: int = 0
     consumed_before: float = 0.0  # budget used by earlier jobs
     last_decision: Decision = Decision.CONTINUE
     rungs: list[Budget] = field(default_factory=list)  # rung budgets reached
@@ -340,7 +341,9 @@ class RungScheduler(Scheduler):
         raise NotImplementedError
 
     # -- the Scheduler interface ------------------------------------------------------------
-    def on_start(self, trial: int, budget: Budget | None = None, bracket: int | None = None) -> None:
+    def on_start(
+        self, trial: int, budget: Budget | None = None, bracket: int | None = None
+    ) -> None:
         """A job for ``trial`` was submitted: a new trial, a promotion, or a retry."""
         track = self._trials.get(trial)
         if track is None:
@@ -386,6 +389,7 @@ class RungScheduler(Scheduler):
         track.last_step = step
         track.last_value = value
         track.max_step = max(track.max_step, step)
+        track.n_reports += 1
         if _le(step, track.budget):
             track.value_at_budget = value
         decision = self._decide(track, step, score)
@@ -430,6 +434,10 @@ class RungScheduler(Scheduler):
         out, self._finished = self._finished, []
         return out
 
+    def trials(self) -> list[int]:
+        """The trial numbers this scheduler knows, in the order they started."""
+        return list(self._trials)
+
     def trial_info(self, trial: int) -> dict[str, Any]:
         """Everything MLflow should show about one trial (tags ``hpo.bracket``, ...)."""
         t = self._trials.get(trial)
@@ -444,7 +452,8 @@ class RungScheduler(Scheduler):
             "jobs": t.jobs,
             "rungs_reached": list(t.rungs),
             "budget_consumed": _num(t.consumed),
-            "last_step": t.last_step if t.last_step is not None else _num(t.max_step) or None,
+            "last_step": _num(t.max_step) if t.n_reports else None,
+            "n_reports": t.n_reports,
             "stopped_step": t.stopped_step,
             "stopped_rung": t.stopped_rung,
         }

@@ -41,7 +41,11 @@ class HyperbandScheduler(SyncBracketScheduler):
         if brackets is None:
             brackets = len(shapes)
             self.options["brackets"] = brackets
-        if isinstance(brackets, bool) or not isinstance(brackets, int) or not 1 <= brackets <= len(shapes):
+        if (
+            isinstance(brackets, bool)
+            or not isinstance(brackets, int)
+            or not 1 <= brackets <= len(shapes)
+        ):
             raise ConfigError(
                 f"scheduler.brackets: must be an integer from 1 to {len(shapes)} (floor(log_eta("
                 f"max_budget/min_budget)) + 1), got {brackets!r}"

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,7 @@ class SyncBracketScheduler(RungScheduler):
         self._ready: list[int] = []  # promoted, not started yet (best first)
         self._requeue: list[int] = []  # interrupted, to run again at the same budget
         self._no_new = False
+        self._first_open = 0  # brackets before this one take no new trials (never again)
         self._forced: dict[tuple[int, int], set[int]] = {}  # replay: who was promoted
 
     # -- planning ---------------------------------------------------------------------------
@@ -95,14 +97,14 @@ class SyncBracketScheduler(RungScheduler):
         bracket when none has any. Always ``n`` jobs, unless :meth:`end_new_trials` was
         called: then only reruns and promotions."""
         jobs: list[Job] = []
-        for t in [*self._requeue, *self._ready]:
+        for t in self._pending():
             if len(jobs) >= n:
                 return jobs
             track = self._trials[t]
             jobs.append(Job(t, track.budget, track.bracket))
         if self._no_new:
             return jobs
-        free = [(b.id, b.free(), b.rungs[0].budget) for b in self._brackets if b.free() > 0]
+        free = [(b.id, b.free(), b.rungs[0].budget) for b in self._accepting()]
         next_id = len(self._brackets)
         i = 0
         while len(jobs) < n:
@@ -115,12 +117,27 @@ class SyncBracketScheduler(RungScheduler):
             i += 1
         return jobs
 
+    def _pending(self) -> list[int]:
+        """Reruns, then promotions, in a canonical order (oldest bracket first, deeper rung
+        first, best value first, then trial number), so that the plan depends only on the
+        state, not on the order events arrived in (a resumed study plans the same)."""
+
+        def promoted_key(t: int) -> tuple[int, int, float, int]:
+            tr = self._trials[t]
+            below = self._brackets[tr.bracket].rungs[tr.level - 1]
+            return (tr.bracket, -tr.level, below.landed.get(t, math.inf), t)
+
+        reruns = sorted(
+            self._requeue, key=lambda t: (self._trials[t].bracket, -self._trials[t].level, t)
+        )
+        return reruns + sorted(self._ready, key=promoted_key)
+
     def end_new_trials(self) -> None:
         """No new trials will come (the study started its ``n_trials``): brackets whose first
         rung is only partly filled are decided with the trials they have (quotas scaled to
         ``max(1, members // eta)``), so no promotion waits forever."""
         self._no_new = True
-        for b in self._brackets:
+        for b in self._brackets[self._first_open :]:
             if b.accepting:
                 b.accepting = False
                 self._try_close(b, 0)
@@ -128,9 +145,8 @@ class SyncBracketScheduler(RungScheduler):
     def budget_for(self, trial: int | None) -> Budget | None:
         if trial is not None and trial in self._trials:
             return self._trials[trial].budget
-        for b in self._brackets:
-            if b.free() > 0:
-                return b.rungs[0].budget
+        for b in self._accepting():
+            return b.rungs[0].budget
         return self._shape(len(self._brackets)).rungs[0].budget
 
     def trial_info(self, trial: int) -> dict[str, Any]:
@@ -162,10 +178,20 @@ class SyncBracketScheduler(RungScheduler):
                 self._open()
             if self._brackets[wanted].free() > 0:
                 return self._brackets[wanted]
-        for b in self._brackets:  # a hint that is full: the oldest bracket with room
-            if b.free() > 0:
-                return b
+        for b in self._accepting():  # a hint that is full: the oldest bracket with room
+            return b
         return self._open()
+
+    def _accepting(self) -> Iterator[_SyncBracket]:
+        """Brackets with room for new trials, oldest first; brackets fill in order, so a
+        cursor skips the (ever growing) prefix of full ones."""
+        while (
+            self._first_open < len(self._brackets) and not self._brackets[self._first_open].free()
+        ):
+            self._first_open += 1
+        for b in self._brackets[self._first_open :]:
+            if b.free() > 0:
+                yield b
 
     def _start(self, trial: int, budget: Budget | None, bracket: int | None) -> TrialTrack:
         b = self._bracket_for_new(bracket)
@@ -197,6 +223,8 @@ class SyncBracketScheduler(RungScheduler):
             if track.trial not in self._requeue:
                 self._requeue.append(track.trial)
             return
+        if track.trial in self._requeue:
+            self._requeue.remove(track.trial)
         b = self._brackets[track.bracket]
         rung = b.rungs[track.level]
         if state == "FAILED":
@@ -259,15 +287,16 @@ class SyncBracketScheduler(RungScheduler):
     # -- resume -----------------------------------------------------------------------------
     def _replay(self, rows: list[Record]) -> None:
         order: list[int] = []
-        per: dict[int, list[Record]] = {}
-        for r in rows:
+        per: dict[int, list[tuple[int, Record]]] = {}
+        for index, r in enumerate(rows):
             if r.trial not in per:
                 order.append(r.trial)
                 per[r.trial] = []
-            per[r.trial].append(r)
-        state = {t: per[t][-1].state for t in order}
+            per[r.trial].append((index, r))
+        state = {t: per[t][-1][1].state for t in order}
         for t in order:  # bind every trial to its place in its bracket
-            self._start(t, per[t][0].budget, per[t][0].bracket)
+            self._start(t, per[t][0][1].budget, per[t][0][1].bracket)
+        self._log_rows: list[int] = []  # row index of each log entry
         jobs = {t: self._split_jobs(self._trials[t], per[t]) for t in order}
         for t in order:  # recorded promotions win over re-deciding
             bid = self._trials[t].bracket
@@ -292,6 +321,11 @@ class SyncBracketScheduler(RungScheduler):
                 done[t] += 1
                 progress = True
         self._forced.clear()
+        # keep the records in the order they were given, so records() round-trips
+        self._log = [
+            e for _, e in sorted(zip(self._log_rows, self._log, strict=True), key=lambda p: p[0])
+        ]
+        del self._log_rows
         for t in order:
             track = self._trials[t]
             if state[t] in ("COMPLETE", "PRUNED", "FAILED") and track.status not in _FINAL:
@@ -306,15 +340,15 @@ class SyncBracketScheduler(RungScheduler):
                 self._try_close(b, track.level)
 
     def _split_jobs(
-        self, track: TrialTrack, rows: list[Record]
-    ) -> list[tuple[Budget, list[tuple[Budget, float]], float | None]]:
+        self, track: TrialTrack, rows: list[tuple[int, Record]]
+    ) -> list[tuple[Budget, list[tuple[Budget, float, int]], tuple[float, int] | None]]:
         """One job per rung level: rows change job when their budget changes (or, without
         budgets, when a step passes the rung budget or starts over)."""
         budgets = [r.budget for r in self._brackets[track.bracket].rungs]
-        jobs: list[tuple[Budget, list[tuple[Budget, float]], float | None]] = []
+        jobs: list[tuple[Budget, list[tuple[Budget, float, int]], tuple[float, int] | None]] = []
         level = 0
         prev: Budget | None = None
-        for r in rows:
+        for index, r in rows:
             if r.budget is not None:
                 budget = r.budget
             elif r.step is None:
@@ -330,34 +364,41 @@ class SyncBracketScheduler(RungScheduler):
                 prev = None
             if r.step is None:
                 if r.value is not None:
-                    jobs[-1] = (jobs[-1][0], jobs[-1][1], float(r.value))
+                    jobs[-1] = (jobs[-1][0], jobs[-1][1], (float(r.value), index))
             else:
                 v = math.nan if r.value is None else float(r.value)
-                jobs[-1][1].append((r.step, v))
+                jobs[-1][1].append((r.step, v, index))
                 prev = r.step
         return jobs
 
     def _replay_job(
         self,
         track: TrialTrack,
-        job: tuple[Budget, list[tuple[Budget, float]], float | None],
+        job: tuple[Budget, list[tuple[Budget, float, int]], tuple[float, int] | None],
         last: bool,
         state: str,
     ) -> None:
         _, reports, landing = job
-        for step, value in reports:
+        for step, value, index in reports:
             if track.last_step is not None and step <= track.last_step:
                 track.new_job(track.budget)  # a retry that started over
+            logged = len(self._log)
             self.on_report(track.trial, step, value)
+            self._log_rows.extend([index] * (len(self._log) - logged))
         reached = track.last_step is not None and _le(track.budget, track.last_step)
-        if last and state in ("RUNNING", "INTERRUPTED") and not reached:
-            self._complete(track, "INTERRUPTED", None)  # in flight when the manager stopped
+        if last and (state == "INTERRUPTED" or (state == "RUNNING" and not reached)):
+            # in flight when the manager stopped (a RUNNING job that already reported its
+            # last step is taken as landed: its rung value is known)
+            self._complete(track, "INTERRUPTED", None)
         elif last and state == "FAILED":
             self._complete(track, "FAILED", None)
         else:
+            value = None
             if landing is not None and track.last_step is None:
-                self._log.append((track.trial, None, landing, track.budget))
-            self._complete(track, "COMPLETE", landing)
+                value = landing[0]
+                self._log.append((track.trial, None, value, track.budget))
+                self._log_rows.append(landing[1])
+            self._complete(track, "COMPLETE", value)
 
 
 class SuccessiveHalvingScheduler(SyncBracketScheduler):

@@ -71,7 +71,10 @@ def quiet() -> Iterator[None]:
         logger.setLevel(old)
 
 
-def _key(params: Params) -> tuple[tuple[str, str, str], ...]:
+_Key = tuple[tuple[str, str, str], ...]
+
+
+def _key(params: Params) -> _Key:
     """Identity of a configuration: ``1``, ``1.0`` and ``True`` are different points."""
     return tuple(sorted((k, type(v).__name__, repr(v)) for k, v in params.items()))
 
@@ -110,10 +113,10 @@ class OptunaSampler(Sampler):
             raise TypeError(f"{exc}; {self.optuna_class.__name__} accepts: {allowed}") from None
         self._study: optuna.Study | None = None
         self._natives: dict[str, Native] = {}
-        # id(params dict) -> (that dict, its Optuna trial). The dict is kept so its id
-        # cannot be reused by another object while the trial is pending.
-        self._pending: dict[int, tuple[Params, Trial]] = {}
-        self._pending_keys: dict[tuple[tuple[str, str, str], ...], int] = {}
+        # id(params dict) -> (that dict, its Optuna trial, its key at ask time). The dict
+        # is kept so its id cannot be reused by another object while the trial is pending.
+        self._pending: dict[int, tuple[Params, Trial, _Key]] = {}
+        self._pending_keys: dict[_Key, int] = {}
         self._rng = np.random.default_rng()
 
     # -- configuration ----------------------------------------------------------------------
@@ -162,7 +165,7 @@ class OptunaSampler(Sampler):
 
         The Optuna sampler is asked first (constant liar etc. already steer it away from
         pending points); a duplicate it still proposes -- likely in small discrete spaces,
-        and certain while TPE/GP sample their random start-up trials -- is failed in the
+        above all while TPE/GP draw their random start-up trials -- is failed in the
         Optuna study (failed trials are invisible to every Optuna sampler) and asked
         again; after a few tries the adapter enqueues a random non-pending point.
         """
@@ -172,8 +175,8 @@ class OptunaSampler(Sampler):
             self._before_ask()
             for _ in range(n):
                 params, trial = self._ask_one(space)
-                self._pending[id(params)] = (params, trial)
                 key = _key(params)
+                self._pending[id(params)] = (params, trial, key)
                 self._pending_keys[key] = self._pending_keys.get(key, 0) + 1
                 out.append(params)
         return out
@@ -216,27 +219,25 @@ class OptunaSampler(Sampler):
         FAILED (and INTERRUPTED) ones become FAIL, which Optuna samplers ignore.
         """
         self._space()
-        entry = self._pending.pop(id(params), None)
+        entry = self._pending.get(id(params))
         if entry is None or entry[0] is not params:
             self._replay(params, result)
             return
-        key = _key(params)
+        # a malformed result raises here, before the trial stops being pending
+        values = self._values(result) if result.state is TrialState.COMPLETE else None
+        del self._pending[id(params)]
+        _, trial, key = entry
         self._pending_keys[key] -= 1
         if not self._pending_keys[key]:
             del self._pending_keys[key]
-        trial = entry[1]
         with quiet():
-            if result.state is TrialState.COMPLETE:
-                values = self._values(result)
-                if values is None:  # NaN: Optuna refuses it, and it teaches nothing
-                    self.study.tell(trial, state=OptunaState.FAIL)
-                else:
-                    self.study.tell(trial, values, state=OptunaState.COMPLETE)
+            if result.state is TrialState.COMPLETE and values is not None:
+                self.study.tell(trial, values, state=OptunaState.COMPLETE)
             elif result.state is TrialState.PRUNED:
                 for step, value in self._intermediate(result).items():
                     trial.report(value, step)
                 self.study.tell(trial, state=OptunaState.PRUNED)
-            else:
+            else:  # FAILED, INTERRUPTED, or COMPLETE with NaN (Optuna refuses NaN)
                 self.study.tell(trial, state=OptunaState.FAIL)
 
     def _replay(self, params: Params, result: Result) -> None:
