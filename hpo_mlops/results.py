@@ -18,6 +18,7 @@ class TrialState(str, Enum):
     PRUNED = "PRUNED"
     FAILED = "FAILED"
     INTERRUPTED = "INTERRUPTED"
+    PAUSED = "PAUSED"  # ended a job at a rung; waits to be promoted (synchronous SHA)
 
     @property
     def finished(self) -> bool:

@@ -32,7 +32,7 @@ def run_trial(plugin_name: str, spec: dict[str, Any]) -> dict[str, Any]:
     reporter = dask_reporter(spec["key"]) if spec.get("reports") else None
     out = _execute(plugin.objective, spec, reporter, plugin.context, plugin.setup_error)
     out["worker"] = worker.address
-    if reporter is not None and out["intermediate"]:
+    if reporter is not None:
         from distributed.utils import sync
 
         last = out["values"][0] if out["values"] else None

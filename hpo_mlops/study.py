@@ -8,16 +8,19 @@ cluster and tracker interfaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from hpo_mlops import registry
-from hpo_mlops.cluster import ClusterError, connect, planned_capacity, wait_for_workers
-from hpo_mlops.dask_plugin import PruningPlugin, StudyPlugin
+from hpo_mlops.cluster import connect
+from hpo_mlops.dask_plugin import RuleClient, StudyPlugin
 from hpo_mlops.errors import ConfigError, TooManyFailures
 from hpo_mlops.objective import make_objective
 from hpo_mlops.results import TrialRecord, TrialState, is_number
@@ -90,6 +93,7 @@ class Study:
         self._loaded = False
         self._trials: dict[int, TrialRecord] = {}
         self._rerun: list[TrialRecord] = []
+        self._paused: dict[int, TrialRecord] = {}  # waiting at a rung (synchronous SHA)
         self._best: TrialRecord | None = None
         self.budget_summary: dict[str, Any] | None = None
 
@@ -198,6 +202,7 @@ class Study:
         resources: dict[str, float] | None = None,
         queue_per_worker: int = 1,
         max_retries: int = 3,
+        checkpoint_dir: str | None = None,
     ) -> Study:
         """Run trials until ``n_trials`` (in total) are finished or ``timeout`` seconds passed.
 
@@ -208,6 +213,8 @@ class Study:
         each trial holds. A trial whose worker is lost (its batch job was cancelled, killed or
         ran out of walltime) runs again, up to ``max_retries`` times, then is FAILED with the
         reason; it is recorded once, with its attempts in the ``hpo.attempts`` tag.
+        ``checkpoint_dir`` is where ``trial.save``/``trial.load`` keep each trial's state
+        between its jobs (a promoted trial resumes from it); on HPC give a shared path.
         """
         _check_positive(n_trials=n_trials, max_concurrent=max_concurrent, n_workers=n_workers)
         if timeout is not None and not (is_number(timeout) and timeout > 0):
@@ -222,7 +229,7 @@ class Study:
         self._open()
         with connect(client, address, cluster, n_workers) as dask_client:
             run = _Run(self, dask_client, fn, setup, n_trials, timeout, max_concurrent,
-                       max_failures, resources, queue_per_worker, max_retries)
+                       max_failures, resources, queue_per_worker, max_retries, checkpoint_dir)
             run.execute()
         return self
 
@@ -253,6 +260,19 @@ class Study:
         self._tracker.open_study(self.name, params, self.space.to_json(), self.resume)
         self._opened = True
 
+    def _scheduler_records(self) -> list[tuple]:
+        """Every recorded report as (trial, step, value, state, bracket, budget) rows, so a
+        resumed study's rule prunes as if it had never stopped."""
+        rows: list[tuple] = []
+        for rec in [*self._trials.values(), *self._paused.values(), *self._rerun]:
+            state = "RUNNING" if rec.state is TrialState.PAUSED else rec.state.value
+            bracket = rec.tags.get("hpo.bracket")
+            bracket = int(bracket) if bracket not in (None, "None") else None
+            if not rec.intermediate:
+                rows.append((rec.number, None, rec.value, state, bracket, None))
+            rows += [(rec.number, s, v, state, bracket, None) for s, v in rec.intermediate]
+        return rows
+
     def _absorb(self, previous: list[TrialRecord]) -> None:
         for rec in previous:
             if rec.state.finished:
@@ -261,6 +281,8 @@ class Study:
                 self._trials[rec.number] = rec
                 self.sampler.tell(rec.params, rec.to_result())
                 self._update_best(rec, log=False)
+            elif rec.state is TrialState.PAUSED:
+                self._paused[rec.number] = rec
             else:
                 self._rerun.append(rec)
 
@@ -289,7 +311,7 @@ class _Run:
     def __init__(self, study: Study, client: Any, objective: Any, setup: Any,
                  n_trials: int | None, timeout: float | None, max_concurrent: int | None,
                  max_failures: int | None, resources: dict | None, queue_per_worker: int,
-                 max_retries: int = 3) -> None:
+                 max_retries: int = 3, checkpoint_dir: str | None = None) -> None:
         self.study, self.client = study, client
         self.max_retries = max_retries
         self.key = f"{study.name}-{uuid.uuid4().hex[:8]}"
@@ -298,42 +320,33 @@ class _Run:
         self.n_trials, self.max_failures, self.resources = n_trials, max_failures, resources
         self.deadline = time.monotonic() + timeout if timeout else math.inf
         self.max_concurrent, self.queue_per_worker = max_concurrent, queue_per_worker
+        self.checkpoint_root = checkpoint_dir or os.path.join(
+            tempfile.gettempdir(), "hpo-mlops-checkpoints", study.name)
         self.pending: dict[Any, TrialRecord] = {}
-        self.exhausted = False
+        self.no_new = False
         self.failures = 0
         self._slots_at, self._slots_cache = -math.inf, 1
+        known = [*study._trials, *study._paused, *(r.number for r in study._rerun)]
+        self.next_number = max(known, default=-1) + 1
 
     # -- set-up / tear-down ---------------------------------------------------------------
     def execute(self) -> None:
         from distributed import as_completed
 
         study = self.study
-        self.client.register_plugin(PruningPlugin())
-        desc = self.client.sync(self.client.scheduler.hpo_register, key=self.key,
-                                spec=study.scheduler_spec, mode=study.modes[0])
-        if isinstance(desc, dict) and desc.get("status") == "error":
-            raise ConfigError(f"scheduler: {desc.get('exception')}")
-        self.reports = type(study._scheduler_rule).needs_reports
-        self.budget = study._scheduler_rule.budget_for(None)
+        records = study._scheduler_records() if study._scheduler_rule.tracks_trials else None
+        self.rule = RuleClient(self.client, self.key, study.scheduler_spec, study.modes[0],
+                               study._scheduler_rule, records)
         self.client.register_plugin(StudyPlugin(self.plugin_name, self.objective, self.setup),
                                     name=self.plugin_name)
         self.futures = as_completed()
         status = "FINISHED"
         try:
             self._fill()
-            # A batch cluster starts empty: wait (bounded) for a first worker, and say why
-            # none came rather than waiting on futures for ever.
-            wait_for_workers(self.client)
             for future in self.futures:
                 self._collect(future)
                 self._fill()
-        except ClusterError:
-            status = "FAILED"
-            for future, rec in list(self.pending.items()):  # never ran: nothing to record
-                future.cancel()
-                self.study._rerun.append(rec)
-            self.pending.clear()
-            raise
+            self._settle_paused()
         except KeyboardInterrupt:
             status = "KILLED"
             self._interrupt()
@@ -347,16 +360,14 @@ class _Run:
 
     def _finish(self, status: str) -> None:
         study = self.study
-        try:
-            info = self.client.sync(self.client.scheduler.hpo_info, key=self.key)
-            study.budget_summary = (info or {}).get("summary")
+        study.budget_summary = self.rule.summary() if hasattr(self, "rule") else None
+        with contextlib.suppress(Exception):  # the cluster may be going away (Ctrl-C)
             self.client.unregister_worker_plugin(self.plugin_name)
-        except Exception:  # noqa: BLE001 - the cluster may be going away (Ctrl-C)
-            pass
         if study._tracker is not None:
-            if study.budget_summary:
-                study._tracker.log_study_metrics(
-                    {k: v for k, v in study.budget_summary.items() if is_number(v)})
+            summary = study.budget_summary or {}
+            study._tracker.log_study_metrics(
+                {k: v for k, v in summary.items() if is_number(v)},
+                {f"hpo.{k}": json.dumps(v) for k, v in summary.items() if isinstance(v, dict)})
             study._tracker.close(status)
 
     # -- the loop -------------------------------------------------------------------------
@@ -370,47 +381,59 @@ class _Run:
 
     def _count_slots(self) -> int:
         workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
-        n_workers, threads = len(workers), sum(w.get("nthreads", 1) for w in workers)
-        plan = planned_capacity(self.client)  # a batch cluster's jobs may still be queued
-        if plan is not None:
-            n_workers, threads = max(n_workers, plan[0]), max(threads, plan[1])
-        threads = threads or 1
+        threads = sum(w.get("nthreads", 1) for w in workers) or 1
         if self.max_concurrent is not None:
-            return min(self.max_concurrent, threads + self.queue_per_worker * n_workers)
-        return threads + self.queue_per_worker * n_workers
+            return min(self.max_concurrent, threads + self.queue_per_worker * len(workers))
+        return threads + self.queue_per_worker * len(workers)
 
-    def _remaining(self) -> float:
-        if time.monotonic() >= self.deadline:
+    def _new_allowed(self) -> float:
+        """How many new configurations may still start (``n_trials`` counts them all)."""
+        if self.no_new or time.monotonic() >= self.deadline:
             return 0
-        if self.n_trials is None:
-            return math.inf
-        finished = sum(1 for t in self.study._trials.values() if t.state.finished)
-        return self.n_trials - finished - len(self.pending)
+        return math.inf if self.n_trials is None else self.n_trials - self.next_number
 
     def _fill(self) -> None:
-        want = int(min(self._slots() - len(self.pending), self._remaining()))
-        if want <= 0:
+        free = self._slots() - len(self.pending)
+        if free <= 0:
             return
         study = self.study
-        batch = study._rerun[:want]
-        del study._rerun[: len(batch)]
-        if len(batch) < want and not self.exhausted:
-            new = study.sampler.ask(want - len(batch))
-            self.exhausted = len(new) < want - len(batch)
-            start = max([*study._trials, *(r.number for r in study._rerun),
-                         *(r.number for r in self.pending.values()), -1]) + 1
-            batch += [TrialRecord(start + i, p) for i, p in enumerate(new)]
-        for rec in batch:
-            self._submit(rec)
+        jobs: list[tuple[TrialRecord, Any, Any]] = []
+        while study._rerun and len(jobs) < free:  # interrupted earlier: same budget again
+            rec = study._rerun.pop(0)
+            jobs.append((rec, rec.budget, rec.tags.get("hpo.bracket")))
+        allowed = self._new_allowed()
+        if time.monotonic() < self.deadline and len(jobs) < free:
+            planned = self.rule.plan(free - len(jobs))
+            new = [(b, k) for t, b, k in planned if t is None][: int(min(free, allowed))]
+            params = study.sampler.ask(len(new)) if new else []
+            if len(params) < len(new) or (allowed is not math.inf and len(new) >= allowed):
+                self._end_new()  # sampler exhausted or n_trials reached
+            for p, (budget, bracket) in zip(params, new, strict=False):
+                jobs.append((TrialRecord(self.next_number, p), budget, bracket))
+                self.next_number += 1
+            for trial, budget, bracket in planned:  # promotions of waiting trials
+                if trial is not None and trial in study._paused:
+                    jobs.append((study._paused.pop(trial), budget, bracket))
+        self.rule.start([(rec.number, budget, bracket) for rec, budget, bracket in jobs])
+        for rec, budget, _ in jobs:
+            self._submit(rec, budget)
 
-    def _submit(self, rec: TrialRecord) -> None:
-        rec.state, rec.budget, rec.start = TrialState.RUNNING, self.budget, time.time()
+    def _end_new(self) -> None:
+        if not self.no_new:
+            self.no_new = True
+            self.rule.end_new()
+
+    def _submit(self, rec: TrialRecord, budget: Any) -> None:
+        rec.state, rec.budget = TrialState.RUNNING, budget
+        rec.start = rec.start or time.time()
         spec = {"key": self.key, "number": rec.number, "params": rec.params,
-                "budget": rec.budget, "metrics": self.study.metrics, "reports": self.reports,
-                "attempt": rec.attempts}
+                "budget": budget, "metrics": self.study.metrics, "reports": self.rule.reports,
+                "attempt": rec.attempts,
+                "checkpoint_dir": os.path.join(self.checkpoint_root, f"trial-{rec.number}")}
         retry = f"-a{rec.attempts}" if rec.attempts > 1 else ""  # never reuse a failed key
         future = self.client.submit(
-            run_trial, self.plugin_name, spec, key=f"hpo-trial-{self.key}-{rec.number}{retry}",
+            run_trial, self.plugin_name, spec,
+            key=f"hpo-trial-{self.key}-{rec.number}-{budget}{retry}",
             pure=False, resources=self.resources,
         )
         self.pending[future] = rec
@@ -418,24 +441,38 @@ class _Run:
 
     def _collect(self, future: Any) -> None:
         rec = self.pending.pop(future)
-        study = self.study
         try:
             out = future.result()
         except Exception as exc:  # the worker died (KilledWorker) or the task was lost
-            out = {"state": "FAILED", "error": f"{type(exc).__name__}: {exc}",
-                   "end": time.time()}
+            out = {"state": "FAILED", "error": f"{type(exc).__name__}: {exc}", "end": time.time()}
             if self._retry(rec, exc, out):
                 return
         finally:
             future.release()
-        rec.state = TrialState(out["state"])
-        rec.values, rec.metrics = out.get("values"), out.get("metrics") or {}
-        rec.intermediate = [tuple(x) for x in out.get("intermediate") or []]
-        rec.error, rec.traceback = out.get("error"), out.get("traceback")
-        rec.worker, rec.host = out.get("worker"), out.get("host")
-        rec.start, rec.end = out.get("start", rec.start), out.get("end")
-        rec.pruned_step = out.get("pruned_step")
-        rec.tags.update(out.get("tags") or {})
+        _merge(rec, out)
+        finished, info = self.rule.settle([rec.number])
+        for number, trial_info in info.items():
+            _info_tags(self.study._paused.get(number, rec if number == rec.number else None),
+                       trial_info)
+        for number, state in finished.items():
+            if number != rec.number and number in self.study._paused:
+                self._record(self.study._paused.pop(number), state)
+        if self.rule.tracks and rec.number not in finished and rec.state is TrialState.COMPLETE:
+            rec.state = TrialState.PAUSED  # waits at its rung for the rung to be decided
+            self.study._paused[rec.number] = rec
+            if self.study._tracker is not None:
+                self.study._tracker.log_trial(rec, self.study.metrics)
+            return
+        self._record(rec, finished.get(rec.number, rec.state.value))
+
+    def _record(self, rec: TrialRecord, state: str) -> None:
+        """A trial is finished: tell the sampler, write its run, count failures."""
+        study = self.study
+        if state == "PRUNED" and rec.state is not TrialState.PRUNED:
+            rec.pruned_step = rec.pruned_step or (rec.intermediate[-1][0] if rec.intermediate else None)
+        rec.state = TrialState(state)
+        if rec.state is TrialState.PRUNED and not rec.values and rec.intermediate:
+            rec.values = [rec.intermediate[-1][1]]
         study._trials[rec.number] = rec
         study.sampler.tell(rec.params, rec.to_result())
         if study._tracker is not None:
@@ -448,6 +485,13 @@ class _Run:
                     f"study {study.name!r} stopped: {self.failures} trials failed, more than "
                     f"max_failures={self.max_failures}; last error: {rec.error}"
                 )
+
+    def _settle_paused(self) -> None:
+        """Trials still waiting at a rung when the study ends are pruned at that rung."""
+        self._end_new()
+        finished, _ = self.rule.settle([])
+        for number in list(self.study._paused):
+            self._record(self.study._paused.pop(number), finished.get(number, "PRUNED"))
 
     def _retry(self, rec: TrialRecord, exc: BaseException, out: dict[str, Any]) -> bool:
         """Run a trial whose worker was lost again, if ``max_retries`` allows; True if so.
@@ -475,7 +519,8 @@ class _Run:
         used = rec.attempts - 1 + runs
         if used <= self.max_retries:
             rec.attempts = used + 1
-            self._submit(rec)
+            self.rule.start([(rec.number, rec.budget, rec.tags.get("hpo.bracket"))])
+            self._submit(rec, rec.budget)
             return True
         rec.attempts = used
         out["error"] = (f"worker lost {used} time(s), more than max_retries={self.max_retries}; "
@@ -487,9 +532,35 @@ class _Run:
         for future, rec in list(self.pending.items()):
             future.cancel()
             rec.state, rec.end = TrialState.INTERRUPTED, time.time()
-            rec.start = rec.start or rec.end
             self.study._trials.pop(rec.number, None)
             self.study._rerun.append(rec)
             if self.study._tracker is not None:
                 self.study._tracker.log_trial(rec, self.study.metrics)
         self.pending.clear()
+
+
+def _merge(rec: TrialRecord, out: dict[str, Any]) -> None:
+    """Fold one job's outcome into the trial's record (a promoted trial's steps continue)."""
+    rec.state = TrialState(out["state"])
+    rec.values, rec.metrics = out.get("values"), out.get("metrics") or {}
+    rec.intermediate = rec.intermediate + [tuple(x) for x in out.get("intermediate") or []]
+    rec.error, rec.traceback = out.get("error"), out.get("traceback")
+    rec.worker, rec.host = out.get("worker", rec.worker), out.get("host", rec.host)
+    if rec.end is None:  # the first job: the worker's start; later jobs keep it
+        rec.start = out.get("start", rec.start)
+    rec.end = out.get("end")
+    rec.pruned_step = out.get("pruned_step")
+    rec.tags.update(out.get("tags") or {})
+
+
+def _info_tags(rec: TrialRecord | None, info: dict[str, Any]) -> None:
+    """The scheduler's view of a trial as ``hpo.*`` tags (bracket, rungs, budget used)."""
+    if rec is None:
+        return
+    for key in ("bracket", "budget_consumed", "stopped_rung", "rung"):
+        if info.get(key) is not None:
+            rec.tags[f"hpo.{key}"] = str(info[key])
+    if info.get("rungs_reached") is not None:
+        rec.tags["hpo.rungs_reached"] = json.dumps(info["rungs_reached"])
+    if info.get("stopped_step") is not None:
+        rec.pruned_step = info["stopped_step"]

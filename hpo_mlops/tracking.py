@@ -40,6 +40,7 @@ STATUS = {
     TrialState.PRUNED: "KILLED",
     TrialState.INTERRUPTED: "KILLED",
     TrialState.RUNNING: "RUNNING",
+    TrialState.PAUSED: "RUNNING",
 }
 ROLE, STUDY, TRIAL, STATE, PARAMS = "hpo.role", "hpo.study", "hpo.trial", "hpo.state", "hpo.params"
 PARENT = "mlflow.parentRunId"
@@ -186,6 +187,10 @@ class Tracker:
         )
         if tags.get("hpo.values"):
             rec.values = json.loads(tags["hpo.values"])
+        if tags.get("hpo.reports"):
+            rec.intermediate = [tuple(x) for x in json.loads(tags["hpo.reports"])]
+        rec.tags = {k: v for k, v in tags.items()
+                    if k in ("hpo.bracket", "hpo.rungs_reached", "hpo.budget_consumed")}
         if tags.get("hpo.budget"):
             rec.budget = float(tags["hpo.budget"])
         return rec
@@ -323,6 +328,11 @@ def _trial_rows(rec: dict[str, Any], metric_names: list[str]) -> tuple[
     }
     if rec["values"] is not None:
         tags["hpo.values"] = json.dumps(rec["values"])
+    if intermediate:  # for resume (the scheduler's records); the latest reports that fit
+        kept = intermediate[-300:]
+        while len(text := json.dumps(kept)) > 7900:
+            kept = kept[len(kept) // 4 :]
+        tags["hpo.reports"] = text
     for key in ("worker", "host", "pruned_step", "budget"):
         if rec.get(key) is not None:
             tags[f"hpo.{key}"] = str(rec[key])
@@ -345,6 +355,8 @@ def _trial_rows(rec: dict[str, Any], metric_names: list[str]) -> tuple[
 def _write_trials(uri: str, experiment_id: str, parent_run_id: str, study_name: str,
                   recs: list[dict[str, Any]], metric_names: list[str]) -> list[str]:
     """Write a batch of trials; returns their run ids, in order."""
+    for r in recs:  # a trial written before (paused at a rung, now promoted): same run
+        r["run_id"] = r["run_id"] or _run_ids.get((parent_run_id, r["number"]))
     ids: list[str | None] = [None] * len(recs)
     new = [i for i, r in enumerate(recs) if r["run_id"] is None]
     if new and _fast_path_ok.get(uri, True):
@@ -362,6 +374,7 @@ def _write_trials(uri: str, experiment_id: str, parent_run_id: str, study_name: 
         if ids[i] is None:
             ids[i] = _write_trial(uri, experiment_id, parent_run_id, study_name, rec,
                                   metric_names)
+        _run_ids[(parent_run_id, rec["number"])] = ids[i]
     return ids  # type: ignore[return-value]
 
 
@@ -370,6 +383,7 @@ class _NoFastPath(Exception):
 
 
 _fast_path_ok: dict[str, bool] = {}
+_run_ids: dict[tuple[str, int], str] = {}  # (study run, trial number) -> trial run
 _artifact_roots: dict[tuple[str, str], str] = {}
 
 

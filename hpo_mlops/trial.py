@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import pickle
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -46,7 +48,7 @@ class Trial:
         self.budget = int(budget) if isinstance(budget, float) and budget.is_integer() else budget
         self.context = context
         self.attempt = attempt
-        self.checkpoint_dir = checkpoint_dir
+        self._checkpoint_dir = checkpoint_dir
         self._reporter = reporter
         self._intermediate: list[tuple[int, float]] = []
         self._prune = False
@@ -87,6 +89,36 @@ class Trial:
     def should_prune(self) -> bool:
         """True when the scheduler decided, at the last report, that this trial should stop."""
         return self._prune
+
+    # -- checkpoints: a promoted trial (synchronous SHA / Hyperband) resumes from them -------
+    @property
+    def checkpoint_dir(self) -> str | None:
+        """A directory of this trial's own, kept across its jobs (created on first use).
+
+        Put it on a file system every worker sees (``optimize(checkpoint_dir=...)`` on HPC).
+        """
+        if self._checkpoint_dir is not None:
+            os.makedirs(self._checkpoint_dir, exist_ok=True)
+        return self._checkpoint_dir
+
+    def save(self, state: Any, name: str = "checkpoint.pkl") -> None:
+        """Pickle ``state`` into the trial's checkpoint directory (atomically)."""
+        if self.checkpoint_dir is None:
+            return
+        path = os.path.join(self.checkpoint_dir, name)
+        with open(path + ".tmp", "wb") as fh:
+            pickle.dump(state, fh)
+        os.replace(path + ".tmp", path)
+
+    def load(self, name: str = "checkpoint.pkl") -> Any:
+        """What :meth:`save` stored in an earlier job of this trial, or ``None``."""
+        if self._checkpoint_dir is None:
+            return None
+        path = os.path.join(self._checkpoint_dir, name)
+        if not os.path.exists(path):
+            return None
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
 
     @property
     def intermediate(self) -> list[tuple[int, float]]:

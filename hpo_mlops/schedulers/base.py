@@ -45,6 +45,9 @@ class Scheduler(ABC):
     needs_reports: ClassVar[bool] = True
     #: True for rules that decide budgets / promotions: the manager calls ``plan``.
     plans_budgets: ClassVar[bool] = False
+    #: True for rules that settle trials' final states (``pop_finished``) and keep per-trial
+    #: info for MLflow: the manager asks them after every finished job.
+    tracks_trials: ClassVar[bool] = False
 
     def __init__(self, mode: str = "min", **options: Any) -> None:
         if mode not in ("min", "max"):
@@ -76,7 +79,22 @@ class Scheduler(ABC):
         """A trial reported ``value`` at ``step``; say whether it should stop."""
 
     def on_complete(self, trial: int, state: str, value: float | None = None) -> None:
-        """A trial ended (COMPLETE, PRUNED or FAILED)."""
+        """A job of the trial ended (COMPLETE, PRUNED, FAILED; INTERRUPTED: will run again)."""
+
+    def pop_finished(self) -> list[tuple[int, str]]:
+        """Trials whose final state the rule settled since the last call (rung rules)."""
+        return []
+
+    def end_new_trials(self) -> None:
+        """No new trials will come: decide what waits for them (synchronous rules)."""
+
+    def trial_info(self, trial: int) -> dict[str, Any]:
+        """What MLflow should show about a trial (bracket, rungs reached, budget used)."""
+        return {}
+
+    def budget_summary(self) -> dict[str, Any] | None:
+        """Study-level budget numbers for the study's MLflow run; None when not tracked."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "mode": self.mode, **self.options}

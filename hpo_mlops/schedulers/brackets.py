@@ -292,6 +292,8 @@ class RungScheduler(Scheduler):
     accounting, ``trial_info``, ``budget_summary``, ``records``, ``pop_finished``) is here.
     """
 
+    tracks_trials = True
+
     def __init__(
         self,
         mode: str,
