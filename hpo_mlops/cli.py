@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -30,8 +31,8 @@ import typer
 from hpo_mlops.errors import ConfigError, HPOError, RegistryError, SpaceError, TooManyFailures
 
 EXAMPLES = """
+\b
 Examples:
-
   hpo-mlops run                                  # the study in ./params.yaml
   hpo-mlops run params.yaml --set study.n_trials=20 --set sampler=random
   hpo-mlops run params.yaml --out results/search # + trials.csv, best_params.yaml, plots
@@ -95,6 +96,10 @@ def _errors(fn: Callable[..., None]) -> Callable[..., None]:
             raise _fail(str(exc), 2, debug) from None
         except (TooManyFailures, HPOError) as exc:
             raise _fail(str(exc), 1, debug) from None
+        except BrokenPipeError:  # `hpo-mlops export | head`: the reader had enough
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
         except KeyboardInterrupt:
             raise _fail("interrupted; the running trials were recorded as interrupted and "
                         "`hpo-mlops resume` runs them again", 130, debug) from None
@@ -158,6 +163,8 @@ class Progress:
 
     def _running(self) -> list[dict[str, Any]]:
         prefix = f"hpo-trial-{self.study.name}-"
+        # the manager names a trial's task hpo-trial-<study>-<run key>-<number>[-...]
+        number = re.compile(re.escape(prefix) + r"[0-9a-f]+-(\d+)")
         try:
             info = self.client.run_on_scheduler(_on_scheduler_running, prefix=prefix)
         except Exception:  # noqa: BLE001 - the cluster may be closing
@@ -166,7 +173,10 @@ class Progress:
         for addr, w in info.items():
             keys = sorted(w["keys"], key=lambda k: k not in w["executing"])
             for i, key in enumerate(keys):
-                rows.append({"trial": int(key.rsplit("-", 1)[1]), "worker": addr,
+                m = number.match(key)
+                if m is None:
+                    continue
+                rows.append({"trial": int(m[1]), "worker": addr,
                              "state": "running" if i < w["nthreads"] else "queued",
                              "seconds": w["executing"].get(key)})
         return sorted(rows, key=lambda r: r["trial"])
@@ -225,7 +235,9 @@ class Progress:
         from rich.progress_bar import ProgressBar
         from rich.table import Table
 
-        s = self._snapshot or self.snapshot()
+        s = self._snapshot
+        if not s:
+            return f"{self.study.name}: starting..."
         table = Table.grid(padding=(0, 2))
         table.add_row(f"[bold]{self.study.name}[/]", self._line(s))
         bar = ProgressBar(total=s["n_trials"] or None, completed=s["finished"], width=60)
@@ -384,20 +396,36 @@ def resume(
     _run(params, set_, out, progress, resume=True)
 
 
-def _recorded(params: Path, overrides: list[str] | None) -> tuple[Any, Any, list[Any]]:
-    """The config, the recorded study and every trial record of its latest run (read from
-    MLflow, interrupted ones included); fails when nothing was recorded."""
-    from hpo_mlops.study import Study
+def _records(cfg: Any) -> list[Any]:
+    """Every trial record of the study's latest run in MLflow (interrupted ones included);
+    ``[]`` when there is none (a missing sqlite store is not created)."""
     from hpo_mlops.tracking import Tracker
 
-    cfg = _load(params, overrides, check=False)
     if not cfg.tracking.enabled:
         raise ConfigError("tracking.enabled: is false, so nothing was recorded to read")
-    tracker = Tracker(cfg.tracking.uri)
-    records = tracker.find_study(cfg.study.name)
-    if not records:
-        raise StudyFailed(f"no recorded trial of study {cfg.study.name!r} in {tracker.tracking_uri}")
-    return cfg, Study.from_config(cfg, resume=True), records
+    uri = cfg.tracking.uri
+    if uri is None:
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
+    # opening a missing sqlite store creates it, racing a `run` that is creating it now
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return []
+    return Tracker(uri).find_study(cfg.study.name)
+
+
+def _recorded(params: Path, overrides: list[str] | None) -> tuple[Any, Any]:
+    """The config and the recorded study, its trials loaded; fails when nothing was
+    recorded."""
+    from hpo_mlops.study import Study
+
+    cfg = _load(params, overrides, check=False)
+    if not _records(cfg):
+        raise StudyFailed(f"no recorded trial of study {cfg.study.name!r} in "
+                          f"{cfg.tracking.uri or 'the default MLflow store'}")
+    study = Study.from_config(cfg, resume=True)
+    study.trials  # noqa: B018 - loads the records; best_trial alone does not
+    return cfg, study
 
 
 @app.command()
@@ -405,21 +433,28 @@ def _recorded(params: Path, overrides: list[str] | None) -> tuple[Any, Any, list
 def status(params: ParamsArg = Path("params.yaml"), set_: SetOpt = None,
            debug: DebugOpt = False) -> None:
     """Trials by state, the best so far, and the trials running now with their workers."""
-    cfg, study, records = _recorded(params, set_)
+    cfg = _load(params, set_, check=False)
+    records = _records(cfg)
+    live = _live_status(_status_file(cfg))
+    if not records and live is None:
+        raise StudyFailed(f"no recorded trial of study {cfg.study.name!r} in "
+                          f"{cfg.tracking.uri or 'the default MLflow store'}")
     counts: dict[str, int] = {}
     for r in records:
         counts[r.state.value.lower()] = counts.get(r.state.value.lower(), 0) + 1
-    print(f"study {study.name}")
+    print(f"study {cfg.study.name}")
     print(f"trials: {len(records)}  " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    if len(study.metrics) == 1:
-        try:
-            b = study.best_trial
-            print(f"best: {study.metrics[0]}={b.value:.6g} (trial {b.number}) {json.dumps(b.params)}")
-        except ValueError:
-            print("best: - (no completed trial)")
-    else:
-        print(f"pareto front: trials {[t.number for t in study.best_trials]}")
-    live = _live_status(_status_file(cfg))
+    if records:
+        _, study = _recorded(params, set_)
+        if len(study.metrics) == 1:
+            try:
+                b = study.best_trial
+                print(f"best: {study.metrics[0]}={b.value:.6g} (trial {b.number}) "
+                      f"{json.dumps(b.params)}")
+            except ValueError:
+                print("best: - (no completed trial)")
+        else:
+            print(f"pareto front: trials {[t.number for t in study.best_trials]}")
     if live is None:
         print("running: none (no hpo-mlops run of this study is active here)")
         return
@@ -458,7 +493,7 @@ def best(
     debug: DebugOpt = False,
 ) -> None:
     """The best parameters and value (the Pareto front for several metrics)."""
-    _, study, _ = _recorded(params, set_)
+    _, study = _recorded(params, set_)
     try:
         text = study.export_best(str(output) if output else None, fmt=format.value)
     except ValueError as exc:
@@ -477,7 +512,7 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """The trials table (one row per trial: state, values, params, metrics) as CSV."""
-    _, study, _ = _recorded(params, set_)
+    _, study = _recorded(params, set_)
     df = study.trials_dataframe()
     if output is None:
         df.to_csv(sys.stdout, index=False)

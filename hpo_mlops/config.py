@@ -358,6 +358,10 @@ def _check(cfg: Config) -> None:
     except SpaceError as exc:  # "lr: loguniform needs ..." -> "space.lr: loguniform needs ..."
         msg = str(exc)
         name = msg.partition(":")[0].strip("'")
+        text = cfg.space.get(name)
+        if isinstance(text, str) and text.count("(") != text.count(")"):
+            msg += ("; in a YAML {flow: mapping} a comma ends the value, so quote it: "
+                    "{x: \"uniform(0, 1)\"}")
         raise ConfigError(f"space.{msg}" if name in cfg.space else f"space: {msg}") from None
     metrics = _as_list(cfg.study.metric)
     modes = _as_list(cfg.study.mode)
@@ -496,7 +500,9 @@ def _check_objective(cfg: Config, params: list[str]) -> None:
 
 
 # -- functions named in the file -------------------------------------------------------------
-_RESOLVED: dict[str, Callable[..., Any]] = {}
+#: modules imported by path or name in this process (a file is executed once even when
+#: both its objective and its setup are named)
+_MODULES: dict[str, Any] = {}
 
 
 class ImportedFunction:
@@ -523,12 +529,17 @@ class ImportedFunction:
         return f"{self.module}:{self.attr}"
 
     def resolve(self) -> Callable[..., Any]:
-        fn = _RESOLVED.get(self.target)
-        if fn is None:
-            fn = _RESOLVED[self.target] = self._import()
+        mod = _MODULES.get(self.module)
+        if mod is None:
+            mod = _MODULES[self.module] = self._import()
+        fn = getattr(mod, self.attr, None)
+        if not callable(fn):
+            names = [n for n in vars(mod) if not n.startswith("_") and callable(vars(mod)[n])]
+            raise ConfigError(_unknown(self.key, self.attr, names,
+                                       f"{self.module} has no function {self.attr!r}"))
         return fn
 
-    def _import(self) -> Callable[..., Any]:
+    def _import(self) -> Any:
         try:
             if self.module.endswith(".py"):
                 path = Path(self.module)
@@ -551,12 +562,7 @@ class ImportedFunction:
         except Exception as exc:  # noqa: BLE001 - any error of the user's module
             raise ConfigError(f"{self.key}: cannot import {self.module}: "
                               f"{type(exc).__name__}: {exc}") from None
-        fn = getattr(mod, self.attr, None)
-        if not callable(fn):
-            names = [n for n in vars(mod) if not n.startswith("_") and callable(vars(mod)[n])]
-            raise ConfigError(_unknown(self.key, self.attr, names,
-                                       f"{self.module} has no function {self.attr!r}"))
-        return fn
+        return mod
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.resolve()(*args, **{**self.kwargs, **kwargs})

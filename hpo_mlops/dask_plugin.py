@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -54,10 +55,13 @@ class PruningPlugin(SchedulerPlugin):
         return rule.describe()
 
     def report(self, key: str, trial: int, step: int, value: float) -> str:
+        if key not in self.rules:  # the study ended (Ctrl-C, max_failures): stop its trials
+            return Decision.STOP.value
         return self.rules[key].on_report(trial, step, value).value
 
     def complete(self, key: str, trial: int, state: str, value: float | None = None) -> None:
-        self.rules[key].on_complete(trial, state, value)
+        if key in self.rules:
+            self.rules[key].on_complete(trial, state, value)
 
     def start_jobs(self, key: str, jobs: list) -> None:
         rule = self.rules[key]
@@ -176,6 +180,7 @@ class RuleClient:
         self.reports, self.plans, self.tracks = cls.needs_reports, cls.plans_budgets, cls.tracks_trials
         self.budget = rule.budget_for(None)
         self.remote = self.reports or self.plans or self.tracks
+        self._forgotten, self._summary = False, None
         if self.remote:
             client.register_plugin(PruningPlugin())
             self._call("hpo_register", spec=spec, mode=mode, records=records or None)
@@ -204,11 +209,20 @@ class RuleClient:
             self._call("hpo_end_new")
 
     def summary(self) -> dict | None:
-        if not self.remote:
-            return None
+        """The rule's budget summary; then the plugin forgets the study."""
+        if not self.remote or self._forgotten:
+            return self._summary
         try:
-            info = self._call("hpo_info")
-            self._call("hpo_forget")
+            self._summary = (self._call("hpo_info") or {}).get("summary")
         except Exception:  # noqa: BLE001 - the cluster may be going away (Ctrl-C)
             return None
-        return (info or {}).get("summary")
+        self.forget()
+        return self._summary
+
+    def forget(self) -> None:
+        """Drop the study's rule; its trials still running get "stop" at their next report."""
+        if self.remote and not self._forgotten:
+            with contextlib.suppress(Exception):
+                self._summary = (self._call("hpo_info") or {}).get("summary")
+                self._call("hpo_forget")
+            self._forgotten = True

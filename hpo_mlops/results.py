@@ -61,6 +61,8 @@ class TrialRecord:
     pruned_step: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
     run_id: str | None = None  # MLflow run holding this trial
+    #: one ``[budget, n_reports]`` per finished job (a promoted trial runs several)
+    jobs: list[list] = field(default_factory=list)
 
     @property
     def value(self) -> float | None:

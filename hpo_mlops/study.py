@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hpo_mlops import registry
-from hpo_mlops.cluster import connect
+from hpo_mlops.cluster import ClusterError, connect, planned_capacity, wait_for_workers
 from hpo_mlops.dask_plugin import RuleClient, StudyPlugin
 from hpo_mlops.errors import ConfigError, TooManyFailures
 from hpo_mlops.objective import make_objective
@@ -261,16 +261,22 @@ class Study:
         self._opened = True
 
     def _scheduler_records(self) -> list[tuple]:
-        """Every recorded report as (trial, step, value, state, bracket, budget) rows, so a
-        resumed study's rule prunes as if it had never stopped."""
+        """Every recorded report as (trial, step, value, state, bracket, job budget) rows, so
+        a resumed study's rule prunes as if it had never stopped."""
         rows: list[tuple] = []
         for rec in [*self._trials.values(), *self._paused.values(), *self._rerun]:
             state = "RUNNING" if rec.state is TrialState.PAUSED else rec.state.value
             bracket = rec.tags.get("hpo.bracket")
             bracket = int(bracket) if bracket not in (None, "None") else None
-            if not rec.intermediate:
-                rows.append((rec.number, None, rec.value, state, bracket, None))
-            rows += [(rec.number, s, v, state, bracket, None) for s, v in rec.intermediate]
+            reports = iter(rec.intermediate)
+            for budget, n in rec.jobs:
+                job = [next(reports) for _ in range(n)]
+                rows += [(rec.number, s, v, state, bracket, budget) for s, v in job]
+                if not job:
+                    rows.append((rec.number, None, rec.value, state, bracket, budget))
+            rows += [(rec.number, s, v, state, bracket, None) for s, v in reports]
+            if rec.state is TrialState.INTERRUPTED:  # its unfinished job, at its budget
+                rows.append((rec.number, None, None, state, bracket, rec.budget))
         return rows
 
     def _absorb(self, previous: list[TrialRecord]) -> None:
@@ -323,6 +329,7 @@ class _Run:
         self.checkpoint_root = checkpoint_dir or os.path.join(
             tempfile.gettempdir(), "hpo-mlops-checkpoints", study.name)
         self.pending: dict[Any, TrialRecord] = {}
+        self.settled: dict[int, str] = {}  # final states the rule decided, not yet recorded
         self.no_new = False
         self.failures = 0
         self._slots_at, self._slots_cache = -math.inf, 1
@@ -337,16 +344,29 @@ class _Run:
         records = study._scheduler_records() if study._scheduler_rule.tracks_trials else None
         self.rule = RuleClient(self.client, self.key, study.scheduler_spec, study.modes[0],
                                study._scheduler_rule, records)
+        if self.rule.plans:  # the rule plans reruns of interrupted jobs, at their budget
+            study._paused.update({r.number: r for r in study._rerun})
+            study._rerun.clear()
         self.client.register_plugin(StudyPlugin(self.plugin_name, self.objective, self.setup),
                                     name=self.plugin_name)
         self.futures = as_completed()
         status = "FINISHED"
         try:
             self._fill()
+            # A batch cluster starts empty: wait (bounded) for a first worker, and say why
+            # none came rather than waiting on futures for ever.
+            wait_for_workers(self.client)
             for future in self.futures:
                 self._collect(future)
                 self._fill()
             self._settle_paused()
+        except ClusterError:
+            status = "FAILED"
+            for future, rec in list(self.pending.items()):  # never ran: nothing to record
+                future.cancel()
+                self.study._rerun.append(rec)
+            self.pending.clear()
+            raise
         except KeyboardInterrupt:
             status = "KILLED"
             self._interrupt()
@@ -381,10 +401,14 @@ class _Run:
 
     def _count_slots(self) -> int:
         workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
-        threads = sum(w.get("nthreads", 1) for w in workers) or 1
+        n_workers, threads = len(workers), sum(w.get("nthreads", 1) for w in workers)
+        plan = planned_capacity(self.client)  # a batch cluster's jobs may still be queued
+        if plan is not None:
+            n_workers, threads = max(n_workers, plan[0]), max(threads, plan[1])
+        threads = threads or 1
         if self.max_concurrent is not None:
-            return min(self.max_concurrent, threads + self.queue_per_worker * len(workers))
-        return threads + self.queue_per_worker * len(workers)
+            return min(self.max_concurrent, threads + self.queue_per_worker * n_workers)
+        return threads + self.queue_per_worker * n_workers
 
     def _new_allowed(self) -> float:
         """How many new configurations may still start (``n_trials`` counts them all)."""
@@ -401,13 +425,13 @@ class _Run:
         while study._rerun and len(jobs) < free:  # interrupted earlier: same budget again
             rec = study._rerun.pop(0)
             jobs.append((rec, rec.budget, rec.tags.get("hpo.bracket")))
-        allowed = self._new_allowed()
+        allowed, last_new = self._new_allowed(), False
         if time.monotonic() < self.deadline and len(jobs) < free:
             planned = self.rule.plan(free - len(jobs))
             new = [(b, k) for t, b, k in planned if t is None][: int(min(free, allowed))]
             params = study.sampler.ask(len(new)) if new else []
-            if len(params) < len(new) or (allowed is not math.inf and len(new) >= allowed):
-                self._end_new()  # sampler exhausted or n_trials reached
+            # sampler exhausted or n_trials reached (told the rule after these jobs started)
+            last_new = len(params) < len(new) or (allowed is not math.inf and len(new) >= allowed)
             for p, (budget, bracket) in zip(params, new, strict=False):
                 jobs.append((TrialRecord(self.next_number, p), budget, bracket))
                 self.next_number += 1
@@ -415,6 +439,8 @@ class _Run:
                 if trial is not None and trial in study._paused:
                     jobs.append((study._paused.pop(trial), budget, bracket))
         self.rule.start([(rec.number, budget, bracket) for rec, budget, bracket in jobs])
+        if last_new:
+            self._end_new()
         for rec, budget, _ in jobs:
             self._submit(rec, budget)
 
@@ -454,16 +480,18 @@ class _Run:
         for number, trial_info in info.items():
             _info_tags(self.study._paused.get(number, rec if number == rec.number else None),
                        trial_info)
-        for number, state in finished.items():
-            if number != rec.number and number in self.study._paused:
-                self._record(self.study._paused.pop(number), state)
-        if self.rule.tracks and rec.number not in finished and rec.state is TrialState.COMPLETE:
+        # the rule may settle a trial before its job's result reaches us: keep the verdict
+        self.settled.update(finished)
+        for number in [n for n in self.settled if n in self.study._paused]:
+            self._record(self.study._paused.pop(number), self.settled.pop(number))
+        verdict = self.settled.pop(rec.number, None)
+        if self.rule.tracks and verdict is None and rec.state is TrialState.COMPLETE:
             rec.state = TrialState.PAUSED  # waits at its rung for the rung to be decided
             self.study._paused[rec.number] = rec
             if self.study._tracker is not None:
                 self.study._tracker.log_trial(rec, self.study.metrics)
             return
-        self._record(rec, finished.get(rec.number, rec.state.value))
+        self._record(rec, verdict or rec.state.value)
 
     def _record(self, rec: TrialRecord, state: str) -> None:
         """A trial is finished: tell the sampler, write its run, count failures."""
@@ -489,9 +517,9 @@ class _Run:
     def _settle_paused(self) -> None:
         """Trials still waiting at a rung when the study ends are pruned at that rung."""
         self._end_new()
-        finished, _ = self.rule.settle([])
+        self.settled.update(self.rule.settle([])[0])
         for number in list(self.study._paused):
-            self._record(self.study._paused.pop(number), finished.get(number, "PRUNED"))
+            self._record(self.study._paused.pop(number), self.settled.pop(number, "PRUNED"))
 
     def _retry(self, rec: TrialRecord, exc: BaseException, out: dict[str, Any]) -> bool:
         """Run a trial whose worker was lost again, if ``max_retries`` allows; True if so.
@@ -529,6 +557,7 @@ class _Run:
 
     def _interrupt(self) -> None:
         """Record the trials still in flight as INTERRUPTED (resume runs them again)."""
+        self.rule.forget()  # from now on their reports are answered "stop"
         for future, rec in list(self.pending.items()):
             future.cancel()
             rec.state, rec.end = TrialState.INTERRUPTED, time.time()
@@ -543,7 +572,9 @@ def _merge(rec: TrialRecord, out: dict[str, Any]) -> None:
     """Fold one job's outcome into the trial's record (a promoted trial's steps continue)."""
     rec.state = TrialState(out["state"])
     rec.values, rec.metrics = out.get("values"), out.get("metrics") or {}
-    rec.intermediate = rec.intermediate + [tuple(x) for x in out.get("intermediate") or []]
+    reports = [tuple(x) for x in out.get("intermediate") or []]
+    rec.intermediate = rec.intermediate + reports
+    rec.jobs = [*rec.jobs, [rec.budget, len(reports)]]
     rec.error, rec.traceback = out.get("error"), out.get("traceback")
     rec.worker, rec.host = out.get("worker", rec.worker), out.get("host", rec.host)
     if rec.end is None:  # the first job: the worker's start; later jobs keep it

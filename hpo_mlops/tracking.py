@@ -187,6 +187,8 @@ class Tracker:
         )
         if tags.get("hpo.values"):
             rec.values = json.loads(tags["hpo.values"])
+        if tags.get("hpo.jobs"):
+            rec.jobs = json.loads(tags["hpo.jobs"])
         if tags.get("hpo.reports"):
             rec.intermediate = [tuple(x) for x in json.loads(tags["hpo.reports"])]
         rec.tags = {k: v for k, v in tags.items()
@@ -328,6 +330,8 @@ def _trial_rows(rec: dict[str, Any], metric_names: list[str]) -> tuple[
     }
     if rec["values"] is not None:
         tags["hpo.values"] = json.dumps(rec["values"])
+    if rec.get("jobs"):
+        tags["hpo.jobs"] = json.dumps(rec["jobs"])
     if intermediate:  # for resume (the scheduler's records); the latest reports that fit
         kept = intermediate[-300:]
         while len(text := json.dumps(kept)) > 7900:
@@ -354,28 +358,34 @@ def _trial_rows(rec: dict[str, Any], metric_names: list[str]) -> tuple[
 
 def _write_trials(uri: str, experiment_id: str, parent_run_id: str, study_name: str,
                   recs: list[dict[str, Any]], metric_names: list[str]) -> list[str]:
-    """Write a batch of trials; returns their run ids, in order."""
-    for r in recs:  # a trial written before (paused at a rung, now promoted): same run
+    """Write a batch of trials; returns their run ids, in order.
+
+    A trial may come twice in one batch (paused at a rung, then promoted and finished):
+    its last payload holds everything, so only that one is written, into one run.
+    """
+    last = {r["number"]: i for i, r in enumerate(recs)}
+    todo = [recs[i] for i in sorted(last.values())]
+    for r in todo:  # a trial written in an earlier batch: same run
         r["run_id"] = r["run_id"] or _run_ids.get((parent_run_id, r["number"]))
-    ids: list[str | None] = [None] * len(recs)
-    new = [i for i, r in enumerate(recs) if r["run_id"] is None]
+    new = [r for r in todo if r["run_id"] is None]
     if new and _fast_path_ok.get(uri, True):
         try:
-            for i, run_id in zip(new, _insert_runs_sql(uri, experiment_id, parent_run_id,
-                                                       study_name, [recs[i] for i in new],
-                                                       metric_names), strict=True):
-                ids[i] = run_id
+            for r, run_id in zip(new, _insert_runs_sql(uri, experiment_id, parent_run_id,
+                                                       study_name, new, metric_names), strict=True):
+                r["run_id"], r["_written"] = run_id, True
         except _NoFastPath:
             _fast_path_ok[uri] = False
         except Exception as exc:  # noqa: BLE001 - the store rolled back: use the public API
             log.debug("direct SQL write failed (%s); using MlflowClient", exc)
             _fast_path_ok[uri] = False
-    for i, rec in enumerate(recs):
-        if ids[i] is None:
-            ids[i] = _write_trial(uri, experiment_id, parent_run_id, study_name, rec,
-                                  metric_names)
-        _run_ids[(parent_run_id, rec["number"])] = ids[i]
-    return ids  # type: ignore[return-value]
+            for r in new:
+                r["run_id"] = None
+    for r in todo:
+        if not r.pop("_written", False):
+            r["run_id"] = _write_trial(uri, experiment_id, parent_run_id, study_name, r,
+                                       metric_names)
+        _run_ids[(parent_run_id, r["number"])] = r["run_id"]
+    return [recs[last[r["number"]]]["run_id"] for r in recs]
 
 
 class _NoFastPath(Exception):

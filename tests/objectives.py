@@ -64,3 +64,34 @@ def pruned_when_bad(params, trial):
         if trial.should_prune():
             return abs(params["x"]) + 1.0 / step
     return abs(params["x"])
+
+
+def curve(params, trial):
+    """A learning curve with epochs as the budget and a checkpoint, so promotions resume."""
+    import json
+
+    state = trial.load() or {"epoch": 0}
+    log = params.get("log_path") if isinstance(params, dict) else None
+    score = abs(params["x"]) + 1.0 / max(state["epoch"], 1)
+    for epoch in range(state["epoch"] + 1, int(trial.budget) + 1):
+        score = abs(params["x"]) + 1.0 / epoch
+        trial.report(score, epoch)
+        trial.save({"epoch": epoch})
+        if trial.should_prune():
+            break
+    if log:
+        with open(log, "a") as fh:
+            fh.write(json.dumps([trial.number, trial.budget]) + "\n")
+    return score
+
+
+def curve_logged(log_path, fail_number=None, flag=None):
+    """``curve`` that logs each job (trial, budget) and can fail one trial while ``flag`` exists."""
+    def objective(params, trial):
+        if fail_number is not None and trial.number == fail_number and os.path.exists(flag):
+            raise RuntimeError("planned failure")
+        out = curve(params, trial)
+        with open(log_path, "a") as fh:
+            fh.write(f"{trial.number} {trial.budget}\n")
+        return out
+    return objective

@@ -1,0 +1,123 @@
+"""Early stopping end to end: every scheduler on a real LocalCluster with a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+
+import objectives as obj
+import pytest
+from conftest import runs_of
+
+from hpo_mlops import TooManyFailures, TrialState
+from hpo_mlops.study import Study
+
+RULES = {
+    "fifo": {"name": "fifo", "max_budget": 9},
+    "median": {"name": "median", "min_trials": 3, "max_budget": 9},
+    "sha": {"name": "sha", "min_budget": 1, "max_budget": 9, "eta": 3},
+    "asha": {"name": "asha", "min_budget": 1, "max_budget": 9, "eta": 3},
+    "hyperband": {"name": "hyperband", "min_budget": 1, "max_budget": 9, "eta": 3},
+    "async_hyperband": {"name": "async_hyperband", "min_budget": 1, "max_budget": 9, "eta": 3},
+}
+
+
+def _study(name, uri, scheduler, **kw):
+    return Study(name, {"x": "uniform(-5, 5)"}, sampler="random", seed=1,
+                 scheduler=scheduler, tracking_uri=uri, **kw)
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_lifecycle_of_every_scheduler(rule, dask_client, mlflow_uri, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    study = _study(f"life-{rule}", mlflow_uri, RULES[rule])
+    budget = {} if rule in ("sha", "asha", "hyperband", "async_hyperband") else None
+    study.optimize(obj.curve, n_trials=18, client=dask_client,
+                   checkpoint_dir=str(tmp_path / "ckpt"))
+    states = [t.state for t in study.trials]
+    assert len(states) == 18 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
+    if rule == "fifo":
+        assert set(states) == {TrialState.COMPLETE}
+    else:
+        assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+    parents, runs = runs_of(mlflow_uri, f"life-{rule}")
+    assert sorted(runs) == list(range(18)), "one MLflow run per trial, promotions included"
+    client = MlflowClient(mlflow_uri)
+    for t in study.trials:
+        run = runs[t.number]
+        assert run.data.tags["hpo.state"] == t.state.value
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        reports = [s for s, _ in t.intermediate]
+        assert reports == sorted(set(reports)), "steps continue across promotions"
+        assert set(steps) == set(reports)
+        if t.state is TrialState.COMPLETE and budget is not None:
+            assert reports[-1] == 9, "a completed trial ran to max_budget"
+        if t.state is TrialState.PRUNED:
+            assert int(run.data.tags["hpo.pruned_step"]) == reports[-1]
+            assert reports[-1] < 9 or rule == "median"  # median may stop at the last report
+            assert run.info.status == "KILLED"
+    if budget is not None:
+        assert all("hpo.bracket" in r.data.tags and "hpo.budget_consumed" in r.data.tags
+                   for r in runs.values())
+        summary = study.budget_summary
+        assert summary["budget_consumed"] < summary["budget_without_pruning"] == 18 * 9
+        assert parents[0].data.metrics["budget_consumed"] == summary["budget_consumed"]
+
+
+def test_hyperband_runs_exactly_the_bracket_table(dask_client, mlflow_uri, tmp_path):
+    # max_budget=9, eta=3: s=2: 9@1, 3@3, 1@9; s=1: 3@3, 1@9; s=0: 3@9  -> 15 trials
+    study = _study("table", mlflow_uri, RULES["hyperband"])
+    study.optimize(obj.curve, n_trials=15, client=dask_client, checkpoint_dir=str(tmp_path))
+    per_budget = {int(k): v for k, v in study.budget_summary["trials_per_budget"].items()}
+    assert per_budget == {1: 9, 3: 6, 9: 5}
+    assert sum(t.state is TrialState.COMPLETE for t in study.trials) == 3 + 1 + 1
+
+
+def test_sync_quotas_hold_with_many_concurrent_reporters(mlflow_uri, tmp_path):
+    import dask
+    from distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}), \
+            LocalCluster(n_workers=1, threads_per_worker=8, processes=False,
+                         dashboard_address=None) as cluster, Client(cluster) as client:
+        sha = _study("quota", mlflow_uri, RULES["sha"])
+        sha.optimize(obj.curve, n_trials=27, client=client, checkpoint_dir=str(tmp_path / "a"))
+        strict = _study("quota-asha", mlflow_uri, {**RULES["asha"], "strict_quota": True})
+        strict.optimize(obj.curve, n_trials=27, client=client, checkpoint_dir=str(tmp_path / "b"))
+    per_budget = {int(k): v for k, v in sha.budget_summary["trials_per_budget"].items()}
+    assert per_budget == {1: 27, 3: 9, 9: 3}
+    reached = {int(k): v for k, v in strict.budget_summary["trials_per_budget"].items()}
+    assert reached[1] == 27 and reached[3] <= 9 and reached[9] <= 3
+
+
+def test_resume_in_the_middle_of_a_hyperband_study(dask_client, mlflow_uri, tmp_path):
+    log, flag = tmp_path / "jobs.txt", tmp_path / "fail-now"
+    flag.write_text("x")
+    first = _study("hb-resume", mlflow_uri, RULES["hyperband"])
+    objective = obj.curve_logged(str(log), fail_number=10, flag=str(flag))
+    with pytest.raises(TooManyFailures):
+        first.optimize(objective, n_trials=15, client=dask_client, max_failures=0,
+                       checkpoint_dir=str(tmp_path / "ckpt"))
+    flag.unlink()
+    _, runs = runs_of(mlflow_uri, "hb-resume")
+    done_before = {n for n, r in runs.items()
+                   if r.data.tags["hpo.state"] in ("COMPLETE", "PRUNED", "FAILED")}
+    assert len(done_before) < 15, "the first run stopped in the middle"
+    jobs_before = len(log.read_text().split())
+    second = _study("hb-resume", mlflow_uri, RULES["hyperband"])
+    second.optimize(objective, n_trials=15, client=dask_client,
+                    checkpoint_dir=str(tmp_path / "ckpt"))
+    _, runs = runs_of(mlflow_uri, "hb-resume")
+    assert sorted(runs) == list(range(15))
+    assert all(r.data.tags["hpo.state"] in ("COMPLETE", "PRUNED", "FAILED") for r in runs.values())
+    later = log.read_text().split()[jobs_before:]
+    rerun = {int(n) for n in later[::2]}
+    assert not rerun & done_before, "no finished trial ran again"
+    # the whole study, across the stop, still follows the bracket table:
+    # s=2: 9@1, 3@3, 1@9 (bracket 0); s=1: 3@3, 1@9 (bracket 1); s=0: 3@9 (bracket 2)
+    brackets = {}
+    for t in second.trials:
+        brackets.setdefault(int(runs[t.number].data.tags["hpo.bracket"]), []).append(t)
+    assert {b: len(ts) for b, ts in brackets.items()} == {0: 9, 1: 3, 2: 3}
+    reached = [json.loads(runs[t.number].data.tags["hpo.rungs_reached"]) for t in brackets[0]]
+    assert sum(3 in r for r in reached) == 3 and sum(9 in r for r in reached) == 1
