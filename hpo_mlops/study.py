@@ -324,6 +324,7 @@ class _Run:
         self.plugin_name = f"hpo-study-{self.key}"
         self.objective, self.setup = objective, setup
         self.n_trials, self.max_failures, self.resources = n_trials, max_failures, resources
+        self.timeout = timeout
         self.deadline = time.monotonic() + timeout if timeout else math.inf
         self.max_concurrent, self.queue_per_worker = max_concurrent, queue_per_worker
         self.checkpoint_root = checkpoint_dir or os.path.join(
@@ -350,6 +351,9 @@ class _Run:
         self.client.register_plugin(StudyPlugin(self.plugin_name, self.objective, self.setup),
                                     name=self.plugin_name)
         self.futures = as_completed()
+        if study._tracker is not None:
+            study._tracker.log_study_metrics({}, {"hpo.n_trials": str(self.n_trials),
+                                                  "hpo.timeout": str(self.timeout)})
         status = "FINISHED"
         try:
             self._fill()

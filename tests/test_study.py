@@ -51,6 +51,7 @@ def test_twenty_trials_give_parent_and_twenty_nested_runs(dask_client, mlflow_ur
     assert parent.data.metrics["best_loss"] == pytest.approx(best.value)
     assert parent.data.tags["hpo.best_trial"] == str(best.number)
     assert parent.data.params["sampler.name"] == "random"
+    assert parent.data.tags["hpo.n_trials"] == "20"
     assert parent.data.params["space.lr"] == "loguniform(1e-05, 0.1)"
     assert parent.info.status == "FINISHED"
     df = study.trials_dataframe()
@@ -276,3 +277,30 @@ def test_missing_metric_in_returned_dict_fails_the_trial(dask_client, mlflow_uri
     study = make("nometric", mlflow_uri, metric="accuracy", mode="max")
     study.optimize(obj.quadratic, n_trials=2, client=dask_client)
     assert all("without the study metric(s) ['accuracy']" in t.error for t in study.trials)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "hyperopt.tpe"])
+def test_seed_makes_a_sequential_run_reproducible(dask_client, tmp_path, sampler):
+    runs = []
+    for i in range(2):
+        study = Study(f"seeded-{i}", SPACE, sampler=sampler, seed=7, scheduler="fifo",
+                      tracking_uri=f"sqlite:///{tmp_path}/{i}.db")
+        study.optimize(obj.quadratic, n_trials=14, client=dask_client, max_concurrent=1)
+        runs.append([t.params for t in study.trials])
+    assert runs[0] == runs[1]
+    other = Study("seeded-other", SPACE, sampler=sampler, seed=8, scheduler="fifo",
+                  tracking_uri=f"sqlite:///{tmp_path}/other.db")
+    other.optimize(obj.quadratic, n_trials=3, client=dask_client, max_concurrent=1)
+    assert [t.params for t in other.trials] != runs[0][:3]
+
+
+def test_address_timeout_and_max_concurrent(dask_client, mlflow_uri):
+    """address= connects to a running scheduler; timeout ends submitting; max_concurrent caps
+    how many trials overlap."""
+    study = make("limits", mlflow_uri, space={"x": "uniform(0, 1)"}, scheduler="fifo")
+    study.optimize(obj.nap, timeout=1.5, address=dask_client.scheduler.address,
+                   max_concurrent=1)
+    trials = sorted(study.trials, key=lambda t: t.start)
+    assert 2 <= len(trials) < 60, "the timeout ended the study (each trial sleeps >= 50 ms)"
+    overlaps = sum(1 for a, b in zip(trials, trials[1:]) if b.start < a.end - 1e-3)
+    assert overlaps == 0, "max_concurrent=1 ran trials one at a time"
