@@ -40,6 +40,7 @@ Examples:
   hpo-mlops status                               # trials by state, best, running trials
   hpo-mlops best --format json                   # best parameters and value
   hpo-mlops export -o trials.csv                 # the trials table as CSV
+  hpo-mlops cluster job-script --set cluster.kind=slurm   # the batch script, not submitted
   dvc exp run -S study.n_trials=20               # the same from a DVC pipeline
 """
 
@@ -518,6 +519,25 @@ def export(
         df.to_csv(sys.stdout, index=False)
     else:
         df.to_csv(output, index=False)
+
+
+cluster_app = typer.Typer(help="The cluster of a study's params.yaml.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("job-script")
+@_errors
+def job_script(params: ParamsArg = Path("params.yaml"), set_: SetOpt = None,
+               debug: DebugOpt = False) -> None:
+    """The batch script one worker job would be submitted with (nothing is submitted)."""
+    from hpo_mlops import cluster
+    from hpo_mlops.config import cluster_spec
+
+    cfg = _load(params, set_, check=False)
+    if cfg.cluster.address is not None:
+        raise ConfigError("cluster.address: a running scheduler submits no batch jobs")
+    spec = cluster_spec(cfg.cluster)
+    sys.stdout.write(cluster.job_script({"kind": spec.pop("name"), **spec}).rstrip("\n") + "\n")
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import textwrap
@@ -302,5 +303,5 @@ def test_address_timeout_and_max_concurrent(dask_client, mlflow_uri):
                    max_concurrent=1)
     trials = sorted(study.trials, key=lambda t: t.start)
     assert 2 <= len(trials) < 60, "the timeout ended the study (each trial sleeps >= 50 ms)"
-    overlaps = sum(1 for a, b in zip(trials, trials[1:]) if b.start < a.end - 1e-3)
+    overlaps = sum(1 for a, b in itertools.pairwise(trials) if b.start < a.end - 1e-3)
     assert overlaps == 0, "max_concurrent=1 ran trials one at a time"

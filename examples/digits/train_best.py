@@ -50,10 +50,15 @@ def main(params: str = "params.yaml", search_dir: str = "results/search",
         # pickle is what the pipeline itself stores; MLflow's advice to use skops is noise here
         logging.getLogger("mlflow.sklearn").setLevel(logging.ERROR)
         tags = {**provenance_tags(cfg.tracking.dvc_data), "hpo.best_trial": str(best["trial"])}
+        import sklearn
+
         with mlflow.start_run(run_id=run_id):
             info = mlflow.sklearn.log_model(
                 model, name="model", params={k: str(v) for k, v in best["params"].items()},
                 tags=tags, input_example=X[:2], serialization_format="pickle",
+                # what the model needs, stated: inferring it runs a subprocess (seconds)
+                pip_requirements=[f"scikit-learn=={sklearn.__version__}",
+                                  f"numpy=={np.__version__}"],
             )
             mlflow.set_tag("hpo.model_uri", info.model_uri)
         print(f"logged {info.model_uri} on the study run {run_id}")

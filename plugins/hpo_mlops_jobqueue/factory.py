@@ -33,9 +33,12 @@ import logging
 import math
 import re
 import shlex
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from hpo_mlops.cluster import SCHEDULER_CONFIG, ClusterError, ClusterFactory
@@ -74,6 +77,28 @@ ADAPT_TARGET_DURATION = "100ms"
 #: the default wait for a first worker: long enough for a queue that is merely busy,
 #: short enough that a job which can never start does not hang the study
 DEFAULT_WORKER_TIMEOUT = 600.0
+
+
+def jobqueue() -> ModuleType:
+    """``dask_jobqueue``, imported without keeping its SIGINT handler.
+
+    Importing dask-jobqueue (0.9) sets the process's SIGINT handler to ``sys.exit()``
+    (``dask_jobqueue/runner.py``, meant for its own runner processes). In the manager that
+    turns Ctrl-C into a silent exit with status 0: no KeyboardInterrupt, so running trials
+    would not be recorded as interrupted, and the shell would be told all went well.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    import dask_jobqueue
+
+    if main and _from_jobqueue(signal.getsignal(signal.SIGINT)):
+        keep = before if before is not None and not _from_jobqueue(before) else None
+        signal.signal(signal.SIGINT, keep or signal.default_int_handler)
+    return dask_jobqueue
+
+
+def _from_jobqueue(handler: Any) -> bool:
+    return getattr(handler, "__module__", "") == "dask_jobqueue.runner"
 
 
 @dataclass
@@ -199,13 +224,12 @@ class JobqueueFactory(ClusterFactory):
     # -- validation -------------------------------------------------------------------------
     @classmethod
     def job_class(cls) -> type:
-        import dask_jobqueue
-
-        return getattr(dask_jobqueue, cls.cluster_class).job_cls
+        return getattr(jobqueue(), cls.cluster_class).job_cls
 
     @classmethod
     def known_options(cls) -> list[str]:
         """Every option this kind accepts: dask-jobqueue's own, the short names, ours."""
+        jobqueue()
         from dask_jobqueue.core import Job, JobQueueCluster
 
         names: set[str] = set()
@@ -329,21 +353,16 @@ class JobqueueFactory(ClusterFactory):
     def _cluster_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.kwargs)
         sched = dict(kwargs.pop("scheduler_options", None) or {})
-        try:
-            import bokeh  # noqa: F401
-
-            sched.setdefault("dashboard_address", ":0")
-        except ImportError:
-            sched.setdefault("dashboard_address", None)
+        # any free port: dask-jobqueue asks for :8787, taken as soon as two studies run
+        sched.setdefault("dashboard_address", ":0")
         kwargs["scheduler_options"] = sched
         kwargs.setdefault("silence_logs", "error")
         return kwargs
 
     def create(self) -> Any:
         import dask
-        import dask_jobqueue
 
-        cls = getattr(dask_jobqueue, self.cluster_class)
+        cls = getattr(jobqueue(), self.cluster_class)
         try:
             with dask.config.set(SCHEDULER_CONFIG):
                 cluster = cls(job_cls=tracked_job_class(cls.job_cls), ledger=self.ledger,
