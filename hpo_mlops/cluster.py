@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -43,6 +45,10 @@ class ClusterFactory:
     """
 
     name = ""
+    #: True for clusters whose workers are batch jobs: ``connect`` then turns SIGTERM (a
+    #: ``kill``, the manager's own job reaching its walltime) into KeyboardInterrupt, so
+    #: the study records its running trials and the jobs are cancelled on the way out
+    submits_jobs = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -87,12 +93,8 @@ class LocalClusterFactory(ClusterFactory):
         opts = dict(self.options)
         opts["n_workers"] = opts["n_workers"] or os.cpu_count() or 1
         opts.setdefault("silence_logs", logging.ERROR)
-        try:
-            import bokeh  # noqa: F401
-
-            opts.setdefault("dashboard_address", ":0")
-        except ImportError:
-            opts.setdefault("dashboard_address", None)
+        # any free port: a second study (or another cluster) on this machine must not clash
+        opts.setdefault("dashboard_address", ":0")
         # Send every trial to a worker at once: the manager keeps its own small queue of
         # ready trials, and a scheduler-side queue would add a round trip per trial.
         with dask.config.set({"distributed.scheduler.worker-saturation": float("inf"),
@@ -180,6 +182,7 @@ def connect(client: Any = None, address: str | None = None, cluster: Any = None,
     owned: list[Any] = []
     factory: ClusterFactory | None = None
     c: Any = None
+    stack = contextlib.ExitStack()
     try:
         if address is not None:
             c = Client(address)
@@ -191,6 +194,8 @@ def connect(client: Any = None, address: str | None = None, cluster: Any = None,
                 cluster = {**cluster, "n_workers": n_workers}
             if isinstance(cluster, dict):
                 factory = make_factory(cluster)
+                if factory.submits_jobs:
+                    stack.enter_context(_sigterm_interrupts())
                 created = factory.create()
                 owned.append(created)
             else:
@@ -208,6 +213,27 @@ def connect(client: Any = None, address: str | None = None, cluster: Any = None,
                 obj.close()
         if factory is not None:
             factory.cleanup()
+        stack.close()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs (only where
+    nobody installed a SIGTERM handler): the default would kill the manager on the spot
+    and leave its batch jobs queued or running until their walltime."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def poll(condition: Any, timeout: float, interval: float = 0.1) -> bool:
