@@ -241,7 +241,9 @@ class Progress:
             return f"{self.study.name}: starting..."
         table = Table.grid(padding=(0, 2))
         table.add_row(f"[bold]{self.study.name}[/]", self._line(s))
-        bar = ProgressBar(total=s["n_trials"] or None, completed=s["finished"], width=60)
+        bar = Table.grid(padding=(0, 2))  # a grid row ends its line; a bare bar does not
+        bar.add_row(ProgressBar(total=s["n_trials"] or None, completed=s["finished"], width=60),
+                    f"{s['finished']}/{s['n_trials'] or '?'} trials")
         rows: list[Any] = [table, bar]
         if s["running"]:
             run = Table(show_header=True, header_style="dim", box=None, padding=(0, 2))
@@ -249,7 +251,7 @@ class Progress:
                 run.add_column(col)
             for r in s["running"][:12]:
                 run.add_row(str(r["trial"]), r["worker"], r["state"],
-                            _fmt_time(r["seconds"]) if r["seconds"] is not None else "")
+                            f"{r['seconds']:.1f}s" if r["seconds"] is not None else "")
             rows.append(run)
         if s["best"]:
             rows.append(f"best params: {s['best']['params']}")
@@ -338,8 +340,11 @@ def _run(params: Path, overrides: list[str] | None, out: Path | None, progress: 
     address, cluster = kwargs.pop("address", None), kwargs.pop("cluster", None)
     if mode is not ProgressMode.quiet:
         where = address or f"{cluster.get('kind', 'local')} cluster"
-        print(f"study {study.name}: {cfg.study.n_trials or 'unlimited'} trials, sampler "
-              f"{study.sampler.describe().get('name')}, on {where}", flush=True)
+        budget = " and ".join(b for b in (
+            f"{cfg.study.n_trials} trials" if cfg.study.n_trials else "",
+            f"{cfg.study.timeout:g} s" if cfg.study.timeout else "") if b) or "the whole grid"
+        print(f"study {study.name}: {budget}, sampler {study.sampler.describe().get('name')}, "
+              f"on {where}", flush=True)
     try:
         with connect(address=address, cluster=cluster) as client:
             reporter = Progress(study, client, mode, cfg.study.n_trials, cfg.study.timeout,
@@ -348,8 +353,11 @@ def _run(params: Path, overrides: list[str] | None, out: Path | None, progress: 
                 study.optimize(client=client, **kwargs)
     finally:
         if cfg.tracking.enabled:
-            with contextlib.suppress(Exception):
+            try:
                 tag_runs(study, provenance_tags(cfg.tracking.dvc_data, cfg.base_dir), started)
+            except Exception as exc:  # noqa: BLE001 - the study's own outcome comes first
+                print(f"hpo-mlops: warning: could not tag the MLflow runs with the git commit "
+                      f"and data hash: {exc}", file=sys.stderr)
     report = summary(study, started)
     if not report.get("complete"):
         last = next((t.error for t in reversed(study.trials) if t.error), None)
@@ -465,7 +473,7 @@ def status(params: ParamsArg = Path("params.yaml"), set_: SetOpt = None,
           f"(hpo-mlops pid {live['pid']}, elapsed {_fmt_time(live['elapsed'])}, "
           f"eta {_fmt_time(live['eta'])}, updated {age:.0f}s ago)")
     for r in rows:
-        took = f" for {_fmt_time(r['seconds'])}" if r.get("seconds") is not None else ""
+        took = f" for {r['seconds']:.1f}s" if r.get("seconds") is not None else ""
         print(f"  trial {r['trial']} {r['state']} on {r['worker']}{took}")
 
 

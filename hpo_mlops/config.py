@@ -12,12 +12,12 @@ that page and this module in step)::
 
     study:     {name, metric, mode, n_trials, timeout, seed, resume, max_failures, max_concurrent}
     space:     {param: "uniform(0, 1)" | {dist: ..., when: {parent: value}}}
-    sampler:   tpe | {name: tpe, **options}
-    scheduler: median | {name: asha, **options}
-    cluster:   {kind: local, n_workers: 2, **options} | {address: "tcp://..."}
-    tracking:  {uri: ..., enabled: true}
-    objective: {function: "path/to/file.py:fn" | "package.module:fn", setup: ..., setup_args: {}}
-               | {command: ["bash", "run.sh", "{x}"], cwd: ..., env: {}}
+    sampler:   name | {name, **options}
+    scheduler: name | {name, **options}
+    cluster:   {kind, n_workers, **factory options} | {address}
+    tracking:  {uri, enabled, dvc_data}
+    objective: {function: "file.py:fn" | "package.module:fn", setup, setup_args}
+               | {command: [argv with {param} placeholders], cwd, env}
     pipeline:  free-form parameters of the other stages of a DVC pipeline (not read here)
 
 Rules that belong to a component stay with it: the space is checked by
@@ -429,11 +429,6 @@ def _check_option_names(key: str, name: str, cls: type, options: Mapping[str, An
     named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
              and p.name not in skip]
     open_ended = any(p.kind is p.VAR_KEYWORD for p in params)
-    if key == "scheduler":
-        from hpo_mlops.schedulers.base import Scheduler
-
-        if getattr(cls, "budget_for", None) is Scheduler.budget_for:
-            named.append("max_budget")  # the base class reads it (trial.budget)
     for opt in options:
         if opt in named:
             continue

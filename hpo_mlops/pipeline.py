@@ -133,14 +133,15 @@ def summary(study: Any, started: float | None = None) -> dict[str, Any]:
 def write_outputs(study: Any, out_dir: str | os.PathLike[str], report: dict[str, Any],
                   log_plots: bool = True) -> dict[str, Path]:
     """What the ``search`` stage hands on: ``trials.csv``, ``best_params.yaml``,
-    ``report.json``, ``history.csv`` (a DVC data plot) and ``plots/*.png``; the PNGs are
-    also logged on the study's MLflow run (artifact folder ``plots``)."""
+    ``report.json`` (the whole report), ``metrics.json`` (its numbers, for ``dvc metrics
+    show`` / ``dvc exp show``), ``history.csv`` (a DVC data plot) and ``plots/*.png``; the
+    PNGs and the report are also logged on the study's MLflow run."""
     from hpo_mlops.plots import save_plots
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"trials": out / "trials.csv", "report": out / "report.json",
-             "history": out / "history.csv"}
+             "metrics": out / "metrics.json", "history": out / "history.csv"}
     df = study.trials_dataframe()
     df.to_csv(paths["trials"], index=False)
     if "best_trial" in report or "pareto_front" in report:
@@ -148,6 +149,11 @@ def write_outputs(study: Any, out_dir: str | os.PathLike[str], report: dict[str,
         study.export_best(str(paths["best_params"]))
     _history_csv(study, paths["history"])
     paths["report"].write_text(json.dumps(report, indent=2, default=str) + "\n")
+    numbers = {k: report[k] for k in ("n_trials", "complete", "pruned", "failed", "duration_s")
+               if k in report}
+    if "best_value" in report:
+        numbers = {f"best_{report['metric']}": report["best_value"], **numbers}
+    paths["metrics"].write_text(json.dumps(numbers, indent=2) + "\n")
     plots = save_plots(study, out / "plots")
     paths.update({f"plot:{k}": v for k, v in plots.items()})
     run_id = study_run_id(study)

@@ -250,7 +250,7 @@ def param_importance(study: Any) -> Figure:
     fig.suptitle(f"Parameter importance for {study.metrics[0]}: {study.name}", fontsize=13)
     if len(trials) < 3 or len(set(np.round(y, 12))) < 2:
         return _empty(fig, ax, f"needs at least 3 trials with different values ({source})")
-    forest = RandomForestRegressor(n_estimators=200, random_state=0, min_samples_leaf=1)
+    forest = RandomForestRegressor(n_estimators=100, random_state=0)
     forest.fit(_design(space, trials), y)
     imp = forest.feature_importances_
     imp = imp / imp.sum() if imp.sum() > 0 else imp

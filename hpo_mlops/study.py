@@ -60,6 +60,7 @@ class Study:
         tracking_uri: str | None = None,
         resume: bool = True,
         tracking: bool = True,
+        tags: dict[str, str] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"name: must be a non-empty string, got {name!r}")
@@ -89,6 +90,10 @@ class Study:
         self.seed = seed
         self.resume = resume
         self._tracker = Tracker(tracking_uri) if tracking else None
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        if self._tracker is not None:
+            self._tracker.default_tags = dict(self.tags)
+        self._id = uuid.uuid4().hex[:8]  # names this object's checkpoints when not tracked
         self._opened = False
         self._loaded = False
         self._trials: dict[int, TrialRecord] = {}
@@ -114,7 +119,20 @@ class Study:
         return [self._trials[n] for n in sorted(self._trials)]
 
     @property
+    def run_id(self) -> str | None:
+        """The study's MLflow run (``None`` before it is opened or without tracking)."""
+        if self._tracker is None:
+            return None
+        self._load()
+        return self._tracker.parent_run_id
+
+    @property
+    def tracking_uri(self) -> str | None:
+        return None if self._tracker is None else self._tracker.tracking_uri
+
+    @property
     def best_trial(self) -> TrialRecord:
+        self._load()
         if len(self.metrics) > 1:
             raise ConfigError("a multi-objective study has no single best trial; use best_trials")
         if self._best is None:
@@ -327,8 +345,9 @@ class _Run:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout if timeout else math.inf
         self.max_concurrent, self.queue_per_worker = max_concurrent, queue_per_worker
+        # per study run: a resumed study finds its checkpoints, a new run (resume=False) not
         self.checkpoint_root = checkpoint_dir or os.path.join(
-            tempfile.gettempdir(), "hpo-mlops-checkpoints", study.name)
+            tempfile.gettempdir(), "hpo-mlops-checkpoints", f"{study.name}-{study.run_id or study._id}")
         self.pending: dict[Any, TrialRecord] = {}
         self.settled: dict[int, str] = {}  # final states the rule decided, not yet recorded
         self.no_new = False

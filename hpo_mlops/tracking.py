@@ -80,6 +80,7 @@ class Tracker:
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self.study_name = ""
+        self.default_tags: dict[str, str] = {}  # on the study run and every trial run
         self._pending: list[Future] = []
         self._lock = threading.Lock()
         self._buffer: list[tuple[TrialRecord, dict]] = []
@@ -119,7 +120,8 @@ class Tracker:
             self.client.update_run(self.parent_run_id, status="RUNNING")
         else:
             run = self.client.create_run(
-                self.experiment_id, tags={ROLE: "study", STUDY: name, "hpo.space": space_json},
+                self.experiment_id,
+                tags={**self.default_tags, ROLE: "study", STUDY: name, "hpo.space": space_json},
                 run_name=name,
             )
             self.parent_run_id = run.info.run_id
@@ -212,7 +214,8 @@ class Tracker:
         study costs one store transaction per batch rather than several per trial.
         """
         payload = {**rec.__dict__, "state": rec.state.value,
-                   "tags": {**rec.tags, **{k: str(v) for k, v in (extra_tags or {}).items()}}}
+                   "tags": {**self.default_tags, **rec.tags,
+                            **{k: str(v) for k, v in (extra_tags or {}).items()}}}
         with self._lock:
             self._buffer.append((rec, payload))
             self._metric_names = list(metric_names)

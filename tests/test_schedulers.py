@@ -33,6 +33,8 @@ RUNG_RULES = ["sha", "asha", "hyperband", "async_hyperband"]
 
 
 def make(name: str, **options: Any) -> Scheduler:
+    if name in ("fifo", "median"):  # they refuse rung options (eta, min_budget) they don't use
+        options = {k: v for k, v in options.items() if k in ("mode", "max_budget")}
     return registry.create(registry.SCHEDULERS, {"name": name, **options}, Scheduler)
 
 

@@ -21,6 +21,15 @@ from typing import Any, ClassVar
 from hpo_mlops.errors import ConfigError
 
 
+def reject_unknown(rule: str, unknown: dict[str, Any], known: list[str]) -> None:
+    """A typo in a scheduler option is an error naming the key, not a silent default."""
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(
+            f"scheduler.{key}: unknown option for {rule!r}; known options: {', '.join(known)}"
+        )
+
+
 class Decision(str, Enum):
     CONTINUE = "continue"
     STOP = "stop"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from hpo_mlops.errors import ConfigError, ReportError
-from hpo_mlops.schedulers.base import Decision, Scheduler
+from hpo_mlops.schedulers.base import Decision, Scheduler, reject_unknown
 
 Budget = int | float
 
@@ -306,12 +306,7 @@ class RungScheduler(Scheduler):
         if min_budget is None:
             min_budget = 1
         super().__init__(mode, min_budget=min_budget, max_budget=max_budget, eta=eta, **options)
-        if unknown:
-            key = sorted(unknown)[0]
-            known = ", ".join(["mode", "min_budget", "max_budget", "eta", *options])
-            raise ConfigError(
-                f"scheduler.{key}: unknown option for {self.name!r}; known options: {known}"
-            )
+        reject_unknown(self.name, dict(unknown), ["mode", "min_budget", "max_budget", "eta", *options])
         check_budgets(min_budget, max_budget, eta)
         self.min_budget: Budget = min_budget
         self.max_budget: Budget = max_budget  # type: ignore[assignment]

@@ -11,16 +11,19 @@ import statistics
 from collections import defaultdict
 
 from hpo_mlops.errors import ConfigError
-from hpo_mlops.schedulers.base import Decision, Scheduler
+from hpo_mlops.schedulers.base import Decision, Scheduler, reject_unknown
 
 
 class MedianScheduler(Scheduler):
     name = "median"
 
     def __init__(
-        self, mode: str = "min", min_trials: int = 5, warmup_steps: int = 0, **options
+        self, mode: str = "min", min_trials: int = 5, warmup_steps: int = 0,
+        max_budget: float | None = None, **unknown
     ) -> None:
-        super().__init__(mode, min_trials=min_trials, warmup_steps=warmup_steps, **options)
+        reject_unknown(self.name, unknown, ["mode", "min_trials", "warmup_steps", "max_budget"])
+        extra = {} if max_budget is None else {"max_budget": max_budget}
+        super().__init__(mode, min_trials=min_trials, warmup_steps=warmup_steps, **extra)
         if not isinstance(min_trials, int) or min_trials < 1:
             raise ConfigError(f"scheduler.min_trials: must be an integer >= 1, got {min_trials!r}")
         if not isinstance(warmup_steps, int) or warmup_steps < 0:
