@@ -210,6 +210,7 @@ def plugin_latency(n_reports=2000):
 
 
 def main() -> None:
+    global MAX_BUDGET
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5)
@@ -218,7 +219,6 @@ def main() -> None:
     ap.add_argument("--rules", default="fifo,median,asha,hyperband,async_hyperband,optuna")
     ap.add_argument("--max-budget", type=int, default=MAX_BUDGET)
     args = ap.parse_args()
-    global MAX_BUDGET
     MAX_BUDGET = args.max_budget
     warnings.filterwarnings("ignore")
     os.environ["PYTHONWARNINGS"] = "ignore"  # the worker processes too

@@ -31,6 +31,7 @@ import functools
 import inspect
 import logging
 import math
+import os
 import re
 import shlex
 import signal
@@ -140,7 +141,9 @@ def tracked_job_class(job_cls: type) -> type:
                 await super().start()
             except Exception as exc:  # noqa: BLE001 - reported by the factory, not lost
                 self.ledger.errors.append(submit_stderr(exc))
-                self.status = Status.failed
+                # "running" (with no job id) is what SpecCluster insists on after start;
+                # anything else is an AssertionError logged from its event loop
+                self.status = Status.running
             finally:
                 if self.job_id:
                     self.ledger.submitted[str(self.job_id)] = None
@@ -151,11 +154,25 @@ def tracked_job_class(job_cls: type) -> type:
             finally:
                 if self.job_id:
                     self.ledger.closed.add(str(self.job_id))
-                if self.status != Status.failed:
-                    self.status = Status.closed
+                self.status = Status.closed
 
     TrackedJob.__name__ = TrackedJob.__qualname__ = f"Tracked{job_cls.__name__}"
     return TrackedJob
+
+
+def _missing_dirs(path: Any) -> list[str]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    out: list[str] = []
+    if not isinstance(path, str) or not path:
+        return out
+    path = os.path.abspath(os.path.expanduser(path))
+    while path and not os.path.exists(path):
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return out
 
 
 def _check_int(key: str, value: Any, low: int) -> int:
@@ -189,8 +206,8 @@ class JobqueueFactory(ClusterFactory):
     """A dask-jobqueue cluster for one batch system, from config (subclassed per system)."""
 
     name = ""
+    submits_jobs = True
     cluster_class = ""  # "SLURMCluster"; looked up in dask_jobqueue
-    system = ""  # the batch system's name in messages
     #: what each required option means, for the error that names it
     required: dict[str, str] = {
         "cores": "cores per job, e.g. cores: 4",
@@ -402,10 +419,11 @@ class JobqueueFactory(ClusterFactory):
         deadline = math.inf if self.worker_timeout is None else time.monotonic() + self.worker_timeout
         while True:
             if self.ledger.errors:
-                raise ClusterError(
-                    f"cluster kind {self.name!r}: {submit.split()[0]} refused the worker job:\n"
-                    + "\n".join("  " + line for line in self.ledger.errors[0].splitlines())
-                )
+                said = "; ".join(line.strip() for line in self.ledger.errors[0].splitlines()
+                                 if line.strip())
+                raise ClusterError(  # one line: the CLI prints errors as one line
+                    f"cluster kind {self.name!r}: {submit.split()[0]} refused the worker "
+                    f"job: {said}")
             if client.scheduler_info(n_workers=-1)["workers"]:
                 return
             if time.monotonic() >= deadline:
@@ -442,11 +460,16 @@ class JobqueueFactory(ClusterFactory):
         kwargs = {k: v for k, v in self.kwargs.items()
                   if k not in ("scheduler_options", "silence_logs", "shared_temp_directory",
                                "scheduler_cls", "security")}
+        made = _missing_dirs(kwargs.get("log_directory"))
         try:
             job = self.job_class()(SCRIPT_SCHEDULER, name="dummy-name", **kwargs)
+            return job.job_script()
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"cluster (kind {self.name!r}): {exc}") from None
-        return job.job_script()
+        finally:  # dask-jobqueue creates log_directory; printing a script should not
+            for path in made:
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
 
 
 class SlurmFactory(JobqueueFactory):
@@ -454,7 +477,6 @@ class SlurmFactory(JobqueueFactory):
 
     name = "slurm"
     cluster_class = "SLURMCluster"
-    system = "Slurm"
 
     def __init__(self, **options: Any) -> None:
         if "partition" in options:
@@ -508,7 +530,6 @@ class PBSFactory(JobqueueFactory):
 
     name = "pbs"
     cluster_class = "PBSCluster"
-    system = "PBS"
 
     @classmethod
     def known_options(cls) -> list[str]:
@@ -520,7 +541,6 @@ class MoabFactory(PBSFactory):
 
     name = "moab"
     cluster_class = "MoabCluster"
-    system = "Moab"
 
 
 class SGEFactory(JobqueueFactory):
@@ -528,7 +548,6 @@ class SGEFactory(JobqueueFactory):
 
     name = "sge"
     cluster_class = "SGECluster"
-    system = "SGE"
     hints = {"account": "SGE calls it project (qsub -P)"}
 
 
@@ -537,7 +556,6 @@ class LSFFactory(JobqueueFactory):
 
     name = "lsf"
     cluster_class = "LSFCluster"
-    system = "LSF"
     hints = {"account": "LSF calls it project (bsub -P)"}
 
 
@@ -546,7 +564,6 @@ class OARFactory(JobqueueFactory):
 
     name = "oar"
     cluster_class = "OARCluster"
-    system = "OAR"
     hints = {"account": "OAR calls it project (oarsub --project)"}
 
 
@@ -555,7 +572,6 @@ class HTCondorFactory(JobqueueFactory):
 
     name = "htcondor"
     cluster_class = "HTCondorCluster"
-    system = "HTCondor"
     required = {**JobqueueFactory.required, "disk": "scratch disk per job, e.g. disk: 10GB"}
     hints = {"queue": "HTCondor has no queues; use directives such as "
                       "{requirements: ...} to choose machines",
