@@ -10,7 +10,8 @@ path) and *what is allowed*, before a cluster is started::
 The layout (every key and default is documented in ``docs/config.md``, and a test keeps
 that page and this module in step)::
 
-    study:     {name, metric, mode, n_trials, timeout, seed, resume, max_failures, max_concurrent}
+    study:     {name, metric, mode, n_trials, timeout, seed, resume, max_failures, max_concurrent,
+               max_retries, resources, checkpoint_dir}
     space:     {param: "uniform(0, 1)" | {dist: ..., when: {parent: value}}}
     sampler:   name | {name, **options}
     scheduler: name | {name, **options}
@@ -166,6 +167,11 @@ class StudySection(_Section):
     resume: Flag = Field(True, description="continue the study of this name, if recorded")
     max_failures: NonNegativeInt = Field(None, description="stop once more trials failed")
     max_concurrent: PositiveInt = Field(None, description="trials in flight at most")
+    max_retries: NonNegativeInt = Field(3, description="re-runs of a trial whose worker was lost")
+    resources: dict[str, float] | None = Field(
+        None, description="Dask worker resources each trial holds, e.g. {GPU: 1}")
+    checkpoint_dir: Text = Field(
+        None, description="where trials keep checkpoints between jobs (shared on HPC)")
 
 
 class ClusterSection(_Section):
@@ -595,6 +601,9 @@ def optimize_kwargs(cfg: Config) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "n_trials": cfg.study.n_trials, "timeout": cfg.study.timeout,
         "max_failures": cfg.study.max_failures, "max_concurrent": cfg.study.max_concurrent,
+        "max_retries": cfg.study.max_retries, "resources": cfg.study.resources,
+        "checkpoint_dir": (str(cfg.base_dir / cfg.study.checkpoint_dir)
+                           if cfg.study.checkpoint_dir else None),
     }
     if obj.function is not None:
         kwargs["objective"] = ImportedFunction(obj.function, cfg.base_dir)

@@ -54,7 +54,7 @@ EXACT = [
      "scheduler.eta: must be an integer >= 2, got 1"),
     (dict(study__n_trial=3),
      "study.n_trial: unknown key (did you mean 'n_trials'?); allowed: name, metric, mode, "
-     "n_trials, timeout, seed, resume, max_failures, max_concurrent"),
+     "n_trials, timeout, seed, resume, max_failures, max_concurrent, max_retries, resources, checkpoint_dir"),
     (dict(studdy={}),
      "studdy: unknown key (did you mean 'study'?); allowed: study, space, sampler, scheduler, "
      "cluster, tracking, objective, pipeline"),
