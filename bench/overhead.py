@@ -1,8 +1,8 @@
 """Manager overhead: trials per second and worker utilization, against the usual patterns.
 
 Two workers, N trials (default 500), two objectives: one that returns at once, one that
-sleeps 50 ms. Run side by side in one process, each with MLflow logging on into its own
-fresh sqlite store:
+sleeps 50 ms. Run side by side in the same run, each contender in a fresh process with a
+fresh 2-worker LocalCluster, each with MLflow logging on into its own fresh sqlite store:
 
 * hpo-mlops            Study.optimize on a 2-worker LocalCluster (MLflow: one nested run a trial)
 * optuna n_jobs=2      study.optimize(n_jobs=2), one mlflow.start_run per trial inside the objective
@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -199,6 +202,30 @@ CONTENDERS = {
 }
 
 
+def _cluster():
+    import dask
+    from distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                               silence_logs=logging.ERROR)
+    return cluster, Client(cluster)
+
+
+def child(name: str, obj_name: str, trials: int, sampler: str) -> None:
+    """One contender on one objective in a fresh process with a fresh 2-worker cluster, so
+    no contender inherits another's threads, caches or garbage (seen: MLflow's fluent API
+    left state that cost the next contender 2% utilization in a shared process)."""
+    _quiet()
+    cluster, client = _cluster()
+    objective = {"instant": instant, "sleep50": sleep50}[obj_name]
+    with contextlib.redirect_stderr(open(os.devnull, "w")):
+        wall, done = CONTENDERS[name](objective, trials, client, sampler)
+    print(json.dumps({"wall": wall, "done": done}))
+    client.close()
+    cluster.close()
+
+
 def main() -> None:
     global QUEUE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,30 +236,32 @@ def main() -> None:
     ap.add_argument("--queue-cost", action="store_true",
                     help="also measure what the ready-trial queue costs TPE")
     ap.add_argument("--queue", type=int, default=QUEUE, help="hpo-mlops queue_per_worker")
+    ap.add_argument("--child", nargs=2, metavar=("CONTENDER", "OBJECTIVE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     QUEUE = args.queue
-    _quiet()
-    import dask
-    from distributed import Client, LocalCluster
-
-    with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
-                               silence_logs=logging.ERROR)
-    client = Client(cluster)
+    if args.child:
+        child(*args.child, args.trials, args.sampler)
+        return
     chosen = [c for c in args.only.split(",") if c]
     results = {}
-    print(f"{args.trials} trials, 2 workers, sampler={args.sampler}, cores={os.cpu_count()}")
+    print(f"{args.trials} trials, 2 workers, sampler={args.sampler}, cores={os.cpu_count()}; "
+          "each contender in its own process and cluster, one after the other")
     for obj_name in args.objectives.split(","):
-        objective = {"instant": instant, "sleep50": sleep50}[obj_name]
         per_trial = 0.05 if obj_name == "sleep50" else 0.0
         for name in chosen:
-            with contextlib.redirect_stderr(open(os.devnull, "w")):
-                wall, done = CONTENDERS[name](objective, args.trials, client, args.sampler)
-            ideal = done * per_trial / 2
-            results[(obj_name, name)] = (wall, done, ideal)
-    cost = queue_cost(client) if args.queue_cost else None
-    client.close()
-    cluster.close()
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", name, obj_name, "--trials", str(args.trials),
+                 "--sampler", args.sampler, "--queue", str(args.queue)],
+                capture_output=True, text=True, check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            results[(obj_name, name)] = (res["wall"], res["done"], res["done"] * per_trial / 2)
+    cost = None
+    if args.queue_cost:
+        _quiet()
+        cluster, client = _cluster()
+        cost = queue_cost(client)
+        client.close()
+        cluster.close()
 
     print(f"{'objective':<9} {'contender':<15} {'trials':>6} {'wall s':>8} {'trials/s':>9} "
           f"{'util':>6} {'vs hpo-mlops':>13}")
