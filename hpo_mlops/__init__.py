@@ -18,6 +18,9 @@ from hpo_mlops.results import Result, TrialRecord, TrialState
 from hpo_mlops.space import Space, choices, lognormal, loguniform, normal, randint, uniform
 
 __all__ = [
+    "Study",
+    "Trial",
+    "TrialPruned",
     "ConfigError",
     "HPOError",
     "RegistryError",
@@ -37,3 +40,14 @@ __all__ = [
     "uniform",
 ]
 __version__ = "0.1.0"
+
+_LAZY = {"Study": "hpo_mlops.study", "Trial": "hpo_mlops.trial", "TrialPruned": "hpo_mlops.trial"}
+
+
+def __getattr__(name: str):
+    """``from hpo_mlops import Study`` without importing Dask and MLflow on ``import hpo_mlops``."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hpo_mlops' has no attribute {name!r}")
