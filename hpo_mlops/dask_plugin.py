@@ -210,12 +210,6 @@ class RuleClient:
 
     def summary(self) -> dict | None:
         """The rule's budget summary; then the plugin forgets the study."""
-        if not self.remote or self._forgotten:
-            return self._summary
-        try:
-            self._summary = (self._call("hpo_info") or {}).get("summary")
-        except Exception:  # noqa: BLE001 - the cluster may be going away (Ctrl-C)
-            return None
         self.forget()
         return self._summary
 

@@ -259,17 +259,16 @@ class Tracker:
 
     def flush(self) -> None:
         """Wait for every write queued so far."""
-        while True:
+        while True:  # a finished batch may hand the writer the next one (_batch_done)
             with self._lock:
                 if self._buffer and self._in_flight is None:
                     self._send_buffer()
                 pending = list(self._pending)
-                idle = not self._buffer and self._in_flight is None
+                if not self._buffer and self._in_flight is None:
+                    break
             concurrent.futures.wait(pending)
-            if idle or (not self._buffer and all(f.done() for f in pending)
-                        and self._in_flight is None):
-                break
-            time.sleep(0.001)
+            time.sleep(0.001)  # let the done-callback clear _in_flight
+        concurrent.futures.wait(pending)
         for fut in self._pending:
             exc = fut.exception()
             if exc is not None and str(exc) not in self.errors:
