@@ -11,7 +11,16 @@ A new trial's bracket is chosen when it starts, deterministically: brackets take
 a fixed interleaved order weighted by the textbook Hyperband sizes (for ``max_budget=81,
 eta=3``: 81, 27, 9, 6, 5 trials out of every 128), so bracket 0, the cheapest per trial,
 gets the most trials and each bracket gets about the same total budget. The manager may
-also pass ``bracket=`` to ``on_start`` (a resumed study does).
+also pass ``bracket=`` to ``on_start`` (a resumed study does). Ray Tune draws the bracket at
+random with softmax weights (63/23/9/3/1%); ours is close but spends equal budget per
+bracket, as Hyperband does, which is the point of hedging.
+
+What the hedge costs and buys, measured in ``bench/pruning.py`` (budget to a rare target,
+median over seeds): where early values predict final ones (the synthetic task) it saves
+2.2x against no pruning where ASHA saves 7.2x, about what Optuna's HyperbandPruner (the
+same algorithm) saves, 2.0x; where the best configurations start slowest (the deceptive
+task) ASHA misses the target in 3 of 5 seeds and this rule saves 1.7x, the best of all the
+rules there.
 """
 
 from __future__ import annotations
