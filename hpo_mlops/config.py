@@ -355,7 +355,7 @@ def _describe(loc: Sequence[str]) -> str:
 
 # -- semantic checks: each component's own rules, behind the key path --------------------------
 def _check(cfg: Config) -> None:
-    from hpo_mlops.samplers.base import Sampler
+    from hpo_mlops.samplers.base import Sampler, split_seed
     from hpo_mlops.schedulers.base import Scheduler
     from hpo_mlops.space import Space
 
@@ -376,9 +376,10 @@ def _check(cfg: Config) -> None:
     if len(modes) != len(metrics):
         raise ConfigError(f"study.mode: needs one of 'min'/'max' for each metric {metrics}, got {cfg.study.mode!r}")
 
-    sampler = _create("sampler", registry.SAMPLERS, cfg.sampler, Sampler)
+    spec, seed = split_seed(cfg.sampler, cfg.study.seed)
+    sampler = _create("sampler", registry.SAMPLERS, spec, Sampler)
     try:
-        sampler.setup(space, ["minimize" if m == "min" else "maximize" for m in modes], cfg.study.seed)
+        sampler.setup(space, ["minimize" if m == "min" else "maximize" for m in modes], seed)
     except HPOError as exc:
         raise ConfigError(f"sampler: {exc}") from None
     _create("scheduler", registry.SCHEDULERS, cfg.scheduler, Scheduler, mode=modes[0])

@@ -18,7 +18,7 @@ from hpo_mlops.errors import ConfigError
 from hpo_mlops.manager import Run
 from hpo_mlops.objective import make_objective
 from hpo_mlops.results import TrialRecord, TrialState, is_number
-from hpo_mlops.samplers.base import Sampler
+from hpo_mlops.samplers.base import Sampler, split_seed
 from hpo_mlops.schedulers.base import Scheduler
 from hpo_mlops.space import Space
 from hpo_mlops.tracking import Tracker
@@ -69,6 +69,7 @@ class Study:
                 f"mode: needs 'min' or 'max' for each metric {self.metrics}, got {mode!r}"
             )
         self.modes = modes
+        sampler, seed = split_seed(sampler, seed)
         self.sampler: Sampler = registry.create(registry.SAMPLERS, sampler, Sampler)
         self.sampler.setup(self.space, [_DIRECTIONS[m] for m in modes], seed)
         if isinstance(scheduler, Scheduler):

@@ -295,6 +295,28 @@ def test_seed_makes_a_sequential_run_reproducible(dask_client, tmp_path, sampler
     assert [t.params for t in other.trials] != runs[0][:3]
 
 
+@pytest.mark.parametrize("sampler", ["random", "grid", "tpe", "hyperopt.tpe"])
+def test_seed_among_the_sampler_options_seeds_the_search(tmp_path, sampler):
+    """sampler={"name": ..., "seed": 7} (or --set sampler.seed=7) is Study(seed=7): the
+    built-in samplers used to ignore it and draw a different sequence every run."""
+    space = {"x": "uniform(-5, 5)", "k": "choices([1, 2, 3])"} if sampler != "grid" else \
+        {"x": "choices([1, 2, 3, 4])", "k": "choices([1, 2, 3])"}
+
+    def asks(**kw):
+        study = Study("seeds", space, scheduler="fifo", tracking=False, **kw)
+        return study.sampler.ask(6), study.seed
+
+    as_option, seed = asks(sampler={"name": sampler, "seed": 7})
+    assert seed == 7  # logged on the study's run as its seed
+    assert as_option == asks(sampler={"name": sampler, "seed": 7})[0]
+    assert as_option == asks(sampler=sampler, seed=7)[0]
+    assert as_option != asks(sampler={"name": sampler, "seed": 8})[0]
+    with pytest.raises(ConfigError, match=r"sampler.seed \(7\) and the study's seed \(8\) differ"):
+        Study("seeds", space, sampler={"name": sampler, "seed": 7}, seed=8, tracking=False)
+    with pytest.raises(ConfigError, match="sampler.seed: must be an integer >= 0, got 'x'"):
+        Study("seeds", space, sampler={"name": sampler, "seed": "x"}, tracking=False)
+
+
 def test_address_timeout_and_max_concurrent(dask_client, mlflow_uri):
     """address= connects to a running scheduler; timeout ends submitting; max_concurrent caps
     how many trials overlap."""

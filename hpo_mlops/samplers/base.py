@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from hpo_mlops.errors import UnsupportedSpaceError
+from hpo_mlops.errors import ConfigError, UnsupportedSpaceError
 from hpo_mlops.results import Result
 from hpo_mlops.space import Space
 
@@ -33,6 +33,27 @@ def _capable(flag: str) -> list[str]:
         except Exception:  # noqa: BLE001 - a broken plugin must not hide the real error
             continue
     return out
+
+
+def split_seed(spec: Any, seed: int | None) -> tuple[Any, int | None]:
+    """(the sampler spec without ``seed``, the seed to set it up with).
+
+    Why: users seed a search either way, ``Study(seed=7)`` or ``sampler={"name": "random",
+    "seed": 7}`` (``--set sampler.seed=7``), but only some sampler classes take ``seed`` as an
+    option; the built-in ones would ignore it and hyperopt's would refuse it. So a seed among
+    the options is taken out here and becomes the study's seed; two different seeds are refused.
+    """
+    if not isinstance(spec, dict) or spec.get("seed") is None:
+        return spec, seed
+    spec = dict(spec)
+    own = spec.pop("seed")
+    if isinstance(own, bool) or not isinstance(own, int) or own < 0:
+        raise ConfigError(f"sampler.seed: must be an integer >= 0, got {own!r}")
+    if seed is not None and seed != own:
+        raise ConfigError(
+            f"sampler.seed ({own}) and the study's seed ({seed}) differ; give only one"
+        )
+    return spec, own
 
 
 class Sampler(ABC):
