@@ -43,8 +43,8 @@ def split_seed(spec: Any, seed: int | None) -> tuple[Any, int | None]:
     option; the built-in ones would ignore it and hyperopt's would refuse it. So a seed among
     the options is taken out here and becomes the study's seed; two different seeds are refused.
     """
-    if not isinstance(spec, dict) or spec.get("seed") is None:
-        return spec, seed
+    if not isinstance(spec, dict) or "name" not in spec or spec.get("seed") is None:
+        return spec, seed  # nothing to take out (a dict without a name is refused later)
     spec = dict(spec)
     own = spec.pop("seed")
     if isinstance(own, bool) or not isinstance(own, int) or own < 0:
