@@ -203,12 +203,12 @@ CONTENDERS = {
 
 
 def _cluster():
-    import dask
-    from distributed import Client, LocalCluster
+    """The 2-worker LocalCluster a study would start itself (no scheduler-side queue)."""
+    from distributed import Client
 
-    with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
-                               silence_logs=logging.ERROR)
+    from hpo_mlops.cluster import build_cluster
+
+    cluster = build_cluster({"kind": "local", "n_workers": 2, "dashboard_address": None})
     return cluster, Client(cluster)
 
 

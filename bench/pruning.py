@@ -329,12 +329,12 @@ def main() -> None:
     os.environ["PYTHONWARNINGS"] = "ignore"  # the worker processes too
     for name in ("distributed", "optuna"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
-                               silence_logs=logging.ERROR)
+    from hpo_mlops.cluster import build_cluster
+
+    # the LocalCluster a study would start itself (no scheduler-side queue)
+    cluster = build_cluster({"kind": "local", "n_workers": 2, "dashboard_address": None})
     client = Client(cluster)
     print(f"{args.trials} trials without pruning, {args.prune_trials or 4 * args.trials} with, max_budget={MAX_BUDGET} epochs, eta={ETA}, "
           f"2 workers, sampler {args.sampler} everywhere, median over {args.seeds} seeds; cores={os.cpu_count()}")
