@@ -45,9 +45,11 @@ class Run:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout if timeout else math.inf
         self.max_concurrent, self.queue_per_worker = max_concurrent, queue_per_worker
-        # per study run: a resumed study finds its checkpoints, a new run (resume=False) not
-        self.checkpoint_root = checkpoint_dir or os.path.join(
-            tempfile.gettempdir(), "hpo-mlops-checkpoints", f"{study.name}-{study.run_id or study._id}")
+        # per study run, below the given root too: a resumed study finds its checkpoints, a
+        # new run (resume=False) or another study sharing the root does not
+        self.checkpoint_root = os.path.join(
+            checkpoint_dir or os.path.join(tempfile.gettempdir(), "hpo-mlops-checkpoints"),
+            f"{study.name}-{study.run_id or study._id}")
         self.pending: dict[Any, TrialRecord] = {}
         self.settled: dict[int, str] = {}  # final states the rule decided, not yet recorded
         self.no_new = False

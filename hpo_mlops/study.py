@@ -226,7 +226,8 @@ class Study:
         ran out of walltime) runs again, up to ``max_retries`` times, then is FAILED with the
         reason; it is recorded once, with its attempts in the ``hpo.attempts`` tag.
         ``checkpoint_dir`` is where ``trial.save``/``trial.load`` keep each trial's state
-        between its jobs (a promoted trial resumes from it); on HPC give a shared path.
+        between its jobs (a promoted trial resumes from it), in a folder per study run (a
+        resumed study finds its own, another study never does); on HPC give a shared path.
         """
         _check_positive(n_trials=n_trials, max_concurrent=max_concurrent, n_workers=n_workers)
         if timeout is not None and not (is_number(timeout) and timeout > 0):

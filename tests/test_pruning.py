@@ -121,3 +121,17 @@ def test_resume_in_the_middle_of_a_hyperband_study(dask_client, mlflow_uri, tmp_
     assert {b: len(ts) for b, ts in brackets.items()} == {0: 9, 1: 3, 2: 3}
     reached = [json.loads(runs[t.number].data.tags["hpo.rungs_reached"]) for t in brackets[0]]
     assert sum(3 in r for r in reached) == 3 and sum(9 in r for r in reached) == 1
+
+
+def test_studies_sharing_a_checkpoint_dir_do_not_resume_from_each_other(
+        dask_client, mlflow_uri, tmp_path):
+    """``checkpoint_dir`` is a root: each study run keeps its trials' checkpoints in a folder
+    of its own below it, so trial 0 of a second study starts at epoch 1, not where trial 0
+    of the first one stopped."""
+    for name in ("first-study", "second-study"):
+        study = _study(name, mlflow_uri, RULES["asha"])
+        study.optimize(obj.curve, n_trials=4, client=dask_client,
+                       checkpoint_dir=str(tmp_path / "shared"))
+        assert all(t.intermediate and t.intermediate[0][0] == 1 for t in study.trials), \
+            [(t.number, t.intermediate) for t in study.trials]
+    assert len(list((tmp_path / "shared").iterdir())) == 2  # one folder per study run
