@@ -213,6 +213,7 @@ class Run:
         if self.rule.tracks and verdict is None and rec.state is TrialState.COMPLETE:
             rec.state = TrialState.PAUSED  # waits at its rung for the rung to be decided
             self.study._paused[rec.number] = rec
+            self.study._tell(rec)
             if self.study._tracker is not None:
                 self.study._tracker.log_trial(rec, self.study.metrics)
             return
@@ -227,7 +228,7 @@ class Run:
         if rec.state is TrialState.PRUNED and not rec.values and rec.intermediate:
             rec.values = [rec.intermediate[-1][1]]
         study._trials[rec.number] = rec
-        study.sampler.tell(rec.params, rec.to_result())
+        study._tell(rec)
         if study._tracker is not None:
             study._tracker.log_trial(rec, study.metrics)
         study._update_best(rec)

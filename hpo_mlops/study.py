@@ -17,7 +17,7 @@ from hpo_mlops.cluster import connect
 from hpo_mlops.errors import ConfigError
 from hpo_mlops.manager import Run
 from hpo_mlops.objective import make_objective
-from hpo_mlops.results import TrialRecord, TrialState, is_number
+from hpo_mlops.results import Result, TrialRecord, TrialState, is_number
 from hpo_mlops.samplers.base import Sampler, split_seed
 from hpo_mlops.schedulers.base import Scheduler
 from hpo_mlops.space import Space
@@ -292,16 +292,26 @@ class Study:
                 rows.append((rec.number, None, None, state, bracket, rec.budget))
         return rows
 
+    def _tell(self, rec: TrialRecord) -> None:
+        """Tell the sampler a trial's outcome, or, while it waits at a rung, pause it there
+        (what it would be if the rung stopped it: PRUNED with its reports so far)."""
+        if rec.state is not TrialState.PAUSED:
+            self.sampler.tell(rec.params, rec.to_result())
+        elif rec.intermediate:
+            self.sampler.pause(rec.params, Result(TrialState.PRUNED, [rec.intermediate[-1][1]],
+                                                  list(rec.intermediate), rec.budget))
+
     def _absorb(self, previous: list[TrialRecord]) -> None:
         for rec in previous:
             if rec.state.finished:
                 if rec.values is None and rec.state is not TrialState.FAILED:
                     rec.values = [rec.metrics.get(m) for m in self.metrics]
                 self._trials[rec.number] = rec
-                self.sampler.tell(rec.params, rec.to_result())
+                self._tell(rec)
                 self._update_best(rec, log=False)
             elif rec.state is TrialState.PAUSED:
                 self._paused[rec.number] = rec
+                self._tell(rec)
             else:
                 self._rerun.append(rec)
 

@@ -376,6 +376,39 @@ def test_tpe_learns_from_pruned_trials() -> None:
     assert statistics.median(late) < 3, late
 
 
+def _states(s: OptunaSampler) -> list[tuple[str, dict]]:
+    return [(t.state.name, t.intermediate_values) for t in s.study.trials]
+
+
+def test_tpe_is_told_a_paused_trial_as_pruned_at_its_rung() -> None:
+    """SHA pauses a at its first rung, promotes it past the second to the end; b is stopped
+    where it paused. Optuna holds a at each rung and its outcome, b once."""
+    s = make("tpe", {"x": "uniform(0, 1)"})
+    a, b = s.ask(2)
+    s.pause(a, Result(TrialState.PRUNED, [3.0], intermediate=[(1, 3.0)]))
+    s.pause(b, Result(TrialState.PRUNED, [4.0], intermediate=[(1, 4.0)]))
+    assert _states(s) == [("PRUNED", {1: 3.0}), ("PRUNED", {1: 4.0})], "not RUNNING (worst)"
+    s.pause(a, Result(TrialState.PRUNED, [2.0], intermediate=[(1, 3.0), (3, 2.0)]))
+    s.pause(a, Result(TrialState.PRUNED, [2.0], intermediate=[(1, 3.0), (3, 2.0)]))  # again
+    s.tell(b, Result(TrialState.PRUNED, [4.0], intermediate=[(1, 4.0)]))
+    s.tell(a, Result(TrialState.COMPLETE, [1.0], intermediate=[(1, 3.0), (3, 2.0), (9, 1.0)]))
+    assert _states(s) == [("PRUNED", {1: 3.0}), ("PRUNED", {1: 4.0}),
+                          ("PRUNED", {1: 3.0, 3: 2.0}),
+                          ("COMPLETE", {1: 3.0, 3: 2.0, 9: 1.0})]
+    assert s.study.best_value == 1.0
+
+
+def test_cmaes_keeps_a_paused_trial_pending_until_its_outcome() -> None:
+    """CMA-ES ignores pruned trials and learns only from trials of its own generations
+    (not added ones): a paused trial is told once, with its outcome."""
+    s = make("cmaes", {"x": "uniform(0, 1)"})
+    (a,) = s.ask()
+    s.pause(a, Result(TrialState.PRUNED, [3.0], intermediate=[(1, 3.0)]))
+    assert _states(s) == [("RUNNING", {})]
+    s.tell(a, Result(TrialState.COMPLETE, [1.0], intermediate=[(1, 3.0), (9, 1.0)]))
+    assert [t.state.name for t in s.study.trials] == ["COMPLETE"]
+
+
 @pytest.mark.parametrize(
     ("state", "values"),
     [

@@ -135,3 +135,48 @@ def test_studies_sharing_a_checkpoint_dir_do_not_resume_from_each_other(
         assert all(t.intermediate and t.intermediate[0][0] == 1 for t in study.trials), \
             [(t.number, t.intermediate) for t in study.trials]
     assert len(list((tmp_path / "shared").iterdir())) == 2  # one folder per study run
+
+
+def test_synchronous_rules_pause_trials_in_the_sampler_at_once(dask_client, tmp_path):
+    """Under SHA a trial waits at its rung until the rung's last trial arrives. The sampler
+    hears of it at once (``pause``, as PRUNED there), so the configurations asked while the
+    rung fills are asked by a sampler that knows the rung so far (BOHB-like); ``tell``
+    still comes once per trial, with its outcome."""
+    from hpo_mlops.samplers.random import RandomSampler
+
+    events: list[tuple] = []
+
+    class Recording(RandomSampler):
+        def ask(self, n=1):
+            out = super().ask(n)
+            events.extend(("ask", id(p)) for p in out)
+            return out
+
+        def pause(self, params, result):
+            events.append(("pause", id(params), result.state, [s for s, _ in result.intermediate]))
+
+        def tell(self, params, result):
+            events.append(("tell", id(params), result.state, [s for s, _ in result.intermediate]))
+
+    study = Study("paused", {"x": "uniform(-5, 5)"}, sampler=Recording(), seed=1,
+                  scheduler=RULES["sha"], tracking=False)
+    study.optimize(obj.curve, n_trials=27, client=dask_client, checkpoint_dir=str(tmp_path))
+    number = {e[1]: i for i, e in enumerate(e for e in events if e[0] == "ask")}
+    assert len(number) == 27
+    kinds = [e[0] for e in events]
+    first_pause, first_tell = kinds.index("pause"), kinds.index("tell")
+    assert "ask" in kinds[first_pause:first_tell], \
+        "configurations are asked after the sampler heard of paused trials, before any is told"
+    seen: dict[int, list] = {}
+    for e in events[1:]:
+        if e[0] != "ask":
+            seen.setdefault(number[e[1]], []).append((e[0], e[2], e[3]))
+    for t in study.trials:
+        steps = [s for s, _ in t.intermediate]
+        *pauses, tell = seen[t.number]
+        assert tell == ("tell", t.state, steps), "told once, last, with the outcome"
+        # paused at the rungs it waited at (not one decided the moment it arrived)
+        waited = [p[2] for p in pauses]
+        assert all(p[:2] == ("pause", TrialState.PRUNED) for p in pauses)
+        assert all(w == steps[: len(w)] and w[-1] in (1, 3) for w in waited), (t.number, waited)
+        assert [len(w) for w in waited] == sorted({len(w) for w in waited})

@@ -103,6 +103,19 @@ class Sampler(ABC):
     def tell(self, params: Params, result: Result) -> None:
         """Report the outcome of ``params`` (one ``ask`` returned, or a recorded trial)."""
 
+    def pause(self, params: Params, result: Result) -> None:
+        """``params`` waits at a rung of a synchronous rule (SHA, Hyperband); ``result`` is
+        what it will be if the rung stops it there: PRUNED, with its reports so far.
+
+        Why: a rung is decided only when its last trial arrives (81 configurations at the
+        first rung of Hyperband with ``max_budget=81``), so a sampler that waited for
+        ``tell`` would propose the whole rung without feedback, and one with a constant liar
+        would count the waiting trials as its worst. A sampler that learns from pruned
+        trials should take this as one now, as BOHB models each budget as its results come
+        in. It may be called again at later rungs, and for a trial paused in an earlier run
+        (resume); ``tell`` still comes once, with the outcome. The default waits for it.
+        """
+
     def state(self) -> dict[str, Any] | None:
         """Optional serialisable state for resuming; ``None`` means: replay the trials."""
         return None

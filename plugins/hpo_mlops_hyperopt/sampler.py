@@ -141,9 +141,7 @@ class HyperoptSampler(Sampler):
         assert self.space is not None, "setup() first"
         if result.state is TrialState.RUNNING:
             return  # nothing to learn yet; the point stays pending
-        key = id(params) if id(params) in self._pending else None
-        if key is None:
-            key = next((k for k, (p, _) in self._pending.items() if p == params), None)
+        key = self._find(params)
         if key is None:
             self._observe(params, result)
             return
@@ -156,6 +154,29 @@ class HyperoptSampler(Sampler):
             doc["state"] = JOB_STATE_DONE
         doc["refresh_time"] = _now()
         self.trials.refresh()
+
+    def pause(self, params: Params, result: Result) -> None:
+        """A trial waiting at a rung: its doc gets the pruned loss now (instead of counting
+        as a pending, i.e. worst, point); later rungs and ``tell`` overwrite it. The doc
+        stays pending, so a proposal equal to it is still drawn again."""
+        assert self.space is not None, "setup() first"
+        key = self._find(params)
+        if key is None:  # paused in an earlier run (resume): a doc of its own, kept pending
+            doc = self._observe(params, result)
+            if doc is not None:
+                self._pending[id(params)] = (params, doc)
+            return
+        _, doc = self._pending[key]
+        doc["result"] = self._hyperopt_result(result)
+        doc["state"] = JOB_STATE_DONE
+        doc["refresh_time"] = _now()
+        self.trials.refresh()
+
+    def _find(self, params: Params) -> int | None:
+        """The pending key of ``params``: the very dict ``ask`` returned, or an equal copy."""
+        if id(params) in self._pending and self._pending[id(params)][0] is params:
+            return id(params)
+        return next((k for k, (p, _) in self._pending.items() if p == params), None)
 
     def _hyperopt_result(self, result: Result) -> dict[str, Any]:
         """Hyperopt's result dict: ``ok`` with a finite loss, or ``fail`` (no loss = worst).
@@ -176,11 +197,12 @@ class HyperoptSampler(Sampler):
             out["pruned"] = True
         return out
 
-    def _observe(self, params: Params, result: Result) -> None:
-        """Add a trial this sampler never proposed (resume) as a finished hyperopt doc."""
+    def _observe(self, params: Params, result: Result) -> dict[str, Any] | None:
+        """Add a trial this sampler never proposed (resume) as a finished hyperopt doc;
+        the stored doc, which a later ``tell`` of a paused trial updates."""
         assert self.space is not None
         if not result.state.finished:
-            return  # an interrupted trial from an earlier run teaches nothing
+            return None  # an interrupted trial from an earlier run teaches nothing
         try:
             active = self.space.validate_params(params)
         except SpaceError as exc:
@@ -190,7 +212,7 @@ class HyperoptSampler(Sampler):
                 RuntimeWarning,
                 stacklevel=3,
             )
-            return
+            return None
         (tid,) = self.trials.new_trial_ids(1)
         idxs, vals = self.hspace.encode(active, tid)
         misc = {
@@ -205,6 +227,9 @@ class HyperoptSampler(Sampler):
         doc["refresh_time"] = _now()
         self.trials.insert_trial_docs([doc])
         self.trials.refresh()
+        stored = self.trials.trials[-1]  # a copy: later tells must update this one
+        assert stored["tid"] == tid
+        return stored
 
     # -- introspection ----------------------------------------------------------------------
     @property

@@ -55,6 +55,8 @@ class TPESampler(OptunaSampler):
     a cluster do not pile onto one point). For a conditional space ``group=True`` is added
     (when multivariate): without groups, multivariate TPE models only the parameters
     every trial shares and falls back to one-at-a-time TPE for the conditional ones.
+    A trial waiting at a rung of SHA or Hyperband is told as pruned there at once
+    (``pause``), so TPE models each rung while it fills, as BOHB does.
     """
 
     name = "tpe"
@@ -62,6 +64,7 @@ class TPESampler(OptunaSampler):
     supports_multi_objective = True
     optuna_class = optuna.samplers.TPESampler
     defaults: ClassVar[dict[str, Any]] = {"multivariate": True, "constant_liar": True}
+    learns_from_pruned = True
 
     def sampler_options(self) -> dict[str, Any]:
         opts = super().sampler_options()

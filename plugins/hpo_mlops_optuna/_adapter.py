@@ -93,6 +93,9 @@ class OptunaSampler(Sampler):
     defaults: ClassVar[dict[str, Any]] = {}
     #: (module, pip requirement) the Optuna sampler imports lazily
     requires: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: the Optuna sampler models PRUNED trials (TPE does; CMA-ES and GP ignore them), so a
+    #: trial paused at a rung is told to it as pruned there at once (see ``pause``)
+    learns_from_pruned: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -117,6 +120,9 @@ class OptunaSampler(Sampler):
         # is kept so its id cannot be reused by another object while the trial is pending.
         self._pending: dict[int, tuple[Params, Trial, _Key]] = {}
         self._pending_keys: dict[_Key, int] = {}
+        # id(params) -> (that dict, reports told so far, its key or None): paused trials
+        # already told to Optuna as PRUNED, still pending for duplicate checks
+        self._paused: dict[int, tuple[Params, int, _Key | None]] = {}
         self._rng = np.random.default_rng()
 
     # -- configuration ----------------------------------------------------------------------
@@ -153,6 +159,7 @@ class OptunaSampler(Sampler):
         self._natives = {p.name: native(p) for p in self.space}
         self._pending.clear()
         self._pending_keys.clear()
+        self._paused.clear()
         self._rng = np.random.default_rng(self.seed)
         with quiet():
             self._study = optuna.create_study(
@@ -216,9 +223,17 @@ class OptunaSampler(Sampler):
 
         PRUNED trials first get their intermediate values reported, as Optuna's own
         pruning does, so TPE learns from them (Optuna keeps the last one as the value);
-        FAILED (and INTERRUPTED) ones become FAIL, which Optuna samplers ignore.
+        FAILED (and INTERRUPTED) ones become FAIL, which Optuna samplers ignore. A trial
+        told as paused already adds what it did since, as a new observation.
         """
         self._space()
+        paused = self._paused.get(id(params))
+        if paused is not None and paused[0] is params:
+            del self._paused[id(params)]
+            self._release(paused[2])
+            if result.state is not TrialState.PRUNED or len(result.intermediate) > paused[1]:
+                self._replay(params, result)
+            return
         entry = self._pending.get(id(params))
         if entry is None or entry[0] is not params:
             self._replay(params, result)
@@ -226,10 +241,40 @@ class OptunaSampler(Sampler):
         # a malformed result raises here, before the trial stops being pending
         values = self._values(result) if result.state is TrialState.COMPLETE else None
         del self._pending[id(params)]
-        _, trial, key = entry
+        self._release(entry[2])
+        self._finish(entry[1], result, values)
+
+    def pause(self, params: Params, result: Result) -> None:
+        """Tell Optuna a trial waiting at a rung as PRUNED there, if its sampler learns from
+        pruned trials; each later rung is a new observation, the outcome one more."""
+        self._space()
+        if not self.learns_from_pruned or len(self.directions) != 1:
+            return
+        n = len(result.intermediate)
+        paused = self._paused.get(id(params))
+        if paused is not None and paused[0] is params:
+            if n > paused[1]:
+                self._replay(params, result)
+                self._paused[id(params)] = (params, n, paused[2])
+            return
+        entry = self._pending.get(id(params))
+        if entry is None or entry[0] is not params:  # paused in an earlier run (resume)
+            self._replay(params, result)
+            self._paused[id(params)] = (params, n, None)
+            return
+        del self._pending[id(params)]
+        self._finish(entry[1], result, None)
+        self._paused[id(params)] = (params, n, entry[2])
+
+    def _release(self, key: _Key | None) -> None:
+        """The configuration stops counting as pending for duplicate checks."""
+        if key is None:
+            return
         self._pending_keys[key] -= 1
         if not self._pending_keys[key]:
             del self._pending_keys[key]
+
+    def _finish(self, trial: Trial, result: Result, values: list[float] | None) -> None:
         with quiet():
             if result.state is TrialState.COMPLETE and values is not None:
                 self.study.tell(trial, values, state=OptunaState.COMPLETE)
@@ -261,6 +306,8 @@ class OptunaSampler(Sampler):
         }
         if result.state is TrialState.COMPLETE and self._values(result) is not None:
             kwargs.update(state=OptunaState.COMPLETE, values=self._values(result))
+            if result.intermediate:
+                kwargs["intermediate_values"] = self._intermediate(result)
         elif result.state is TrialState.PRUNED:
             inter = self._intermediate(result)
             kwargs.update(state=OptunaState.PRUNED, intermediate_values=inter)
