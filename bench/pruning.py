@@ -309,6 +309,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds run are first-seed .. first-seed+seeds-1 (to add seeds to a run)")
     ap.add_argument("--trials", type=int, default=150, help="trials without pruning (fifo)")
     ap.add_argument("--prune-trials", type=int, default=0,
                     help="trials for every pruning contender (default 4x --trials: they are "
@@ -345,7 +347,7 @@ def main() -> None:
         for rule in rules:
             n_trials = args.trials if rule == "fifo" else args.prune_trials or 4 * args.trials
             stats = []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 log_path = tempfile.mktemp(prefix="prune-log-")
                 open(log_path, "w").close()
                 t0 = time.time()
