@@ -108,13 +108,17 @@ class HyperoptSampler(Sampler):
         out: list[Params] = []
         for _ in range(max(n, 0)):
             params, doc = self._draw()
-            self.trials.insert_trial_docs([doc])  # inserts a (SONified) copy
-            self.trials.refresh()
-            stored = self.trials.trials[-1]
-            assert stored["tid"] == doc["tid"]
-            self._pending[id(params)] = (params, stored)
+            self._pending[id(params)] = (params, self._insert(doc))
             out.append(params)
         return out
+
+    def _insert(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Add ``doc`` to ``Trials``; the stored (SONified) copy, the one later tells update."""
+        self.trials.insert_trial_docs([doc])
+        self.trials.refresh()
+        stored = self.trials.trials[-1]
+        assert stored["tid"] == doc["tid"]
+        return stored
 
     def _draw(self) -> tuple[Params, dict[str, Any]]:
         (tid,) = self.trials.new_trial_ids(1)
@@ -149,11 +153,10 @@ class HyperoptSampler(Sampler):
         if result.state is TrialState.INTERRUPTED:
             # not an outcome: drop the doc so it stops acting as a pending (worst) point
             doc["state"] = JOB_STATE_CANCEL
+            doc["refresh_time"] = _now()
+            self.trials.refresh()
         else:
-            doc["result"] = self._hyperopt_result(result)
-            doc["state"] = JOB_STATE_DONE
-        doc["refresh_time"] = _now()
-        self.trials.refresh()
+            self._write(doc, result)
 
     def pause(self, params: Params, result: Result) -> None:
         """A trial waiting at a rung: its doc gets the pruned loss now (instead of counting
@@ -166,7 +169,10 @@ class HyperoptSampler(Sampler):
             if doc is not None:
                 self._pending[id(params)] = (params, doc)
             return
-        _, doc = self._pending[key]
+        self._write(self._pending[key][1], result)
+
+    def _write(self, doc: dict[str, Any], result: Result) -> None:
+        """Put ``result`` on a stored doc: done, with its loss (or ``fail``)."""
         doc["result"] = self._hyperopt_result(result)
         doc["state"] = JOB_STATE_DONE
         doc["refresh_time"] = _now()
@@ -225,11 +231,7 @@ class HyperoptSampler(Sampler):
         (doc,) = self.trials.new_trial_docs([tid], [None], [self._hyperopt_result(result)], [misc])
         doc["state"] = JOB_STATE_DONE
         doc["refresh_time"] = _now()
-        self.trials.insert_trial_docs([doc])
-        self.trials.refresh()
-        stored = self.trials.trials[-1]  # a copy: later tells must update this one
-        assert stored["tid"] == tid
-        return stored
+        return self._insert(doc)
 
     # -- introspection ----------------------------------------------------------------------
     @property
