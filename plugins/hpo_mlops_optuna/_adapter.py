@@ -74,6 +74,13 @@ def quiet() -> Iterator[None]:
 _Key = tuple[tuple[str, str, str], ...]
 
 
+def _own(table: dict[int, Any], params: Params) -> Any:
+    """``table``'s entry for this very dict (entries hold the dict first), else None: an
+    equal dict, or a new one that reuses a freed id, is not the same trial."""
+    entry = table.get(id(params))
+    return entry if entry is not None and entry[0] is params else None
+
+
 def _key(params: Params) -> _Key:
     """Identity of a configuration: ``1``, ``1.0`` and ``True`` are different points."""
     return tuple(sorted((k, type(v).__name__, repr(v)) for k, v in params.items()))
@@ -227,15 +234,15 @@ class OptunaSampler(Sampler):
         told as paused already adds what it did since, as a new observation.
         """
         self._space()
-        paused = self._paused.get(id(params))
-        if paused is not None and paused[0] is params:
+        paused = _own(self._paused, params)
+        if paused is not None:
             del self._paused[id(params)]
             self._release(paused[2])
             if result.state is not TrialState.PRUNED or len(result.intermediate) > paused[1]:
                 self._replay(params, result)
             return
-        entry = self._pending.get(id(params))
-        if entry is None or entry[0] is not params:
+        entry = _own(self._pending, params)
+        if entry is None:
             self._replay(params, result)
             return
         # a malformed result raises here, before the trial stops being pending
@@ -251,20 +258,18 @@ class OptunaSampler(Sampler):
         if not self.learns_from_pruned or len(self.directions) != 1:
             return
         n = len(result.intermediate)
-        paused = self._paused.get(id(params))
-        if paused is not None and paused[0] is params:
-            if n > paused[1]:
-                self._replay(params, result)
-                self._paused[id(params)] = (params, n, paused[2])
-            return
-        entry = self._pending.get(id(params))
-        if entry is None or entry[0] is not params:  # paused in an earlier run (resume)
+        paused = _own(self._paused, params)
+        entry = None if paused is not None else _own(self._pending, params)
+        if paused is not None and n <= paused[1]:
+            return  # nothing new since it was told
+        if entry is not None:  # first pause: its own Optuna trial ends PRUNED here
+            del self._pending[id(params)]
+            self._finish(entry[1], result, None)
+            key = entry[2]
+        else:  # a later rung, or paused in an earlier run (resume): a new observation
             self._replay(params, result)
-            self._paused[id(params)] = (params, n, None)
-            return
-        del self._pending[id(params)]
-        self._finish(entry[1], result, None)
-        self._paused[id(params)] = (params, n, entry[2])
+            key = paused[2] if paused is not None else None
+        self._paused[id(params)] = (params, n, key)
 
     def _release(self, key: _Key | None) -> None:
         """The configuration stops counting as pending for duplicate checks."""
