@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from hpo_mlops import registry
@@ -17,7 +18,7 @@ from hpo_mlops.cluster import connect
 from hpo_mlops.errors import ConfigError
 from hpo_mlops.manager import Run
 from hpo_mlops.objective import make_objective
-from hpo_mlops.results import Result, TrialRecord, TrialState, is_number
+from hpo_mlops.results import TrialRecord, TrialState, is_number
 from hpo_mlops.samplers.base import Sampler, split_seed
 from hpo_mlops.schedulers.base import Scheduler
 from hpo_mlops.space import Space
@@ -294,12 +295,11 @@ class Study:
 
     def _tell(self, rec: TrialRecord) -> None:
         """Tell the sampler a trial's outcome, or, while it waits at a rung, pause it there
-        (what it would be if the rung stopped it: PRUNED with its reports so far)."""
+        with what ``tell`` would say if the rung stopped it: PRUNED, its reports so far."""
         if rec.state is not TrialState.PAUSED:
             self.sampler.tell(rec.params, rec.to_result())
         elif rec.intermediate:
-            self.sampler.pause(rec.params, Result(TrialState.PRUNED, [rec.intermediate[-1][1]],
-                                                  list(rec.intermediate), rec.budget))
+            self.sampler.pause(rec.params, replace(rec.to_result(), state=TrialState.PRUNED))
 
     def _absorb(self, previous: list[TrialRecord]) -> None:
         for rec in previous:
