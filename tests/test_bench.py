@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -20,10 +22,13 @@ def _table(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_pruning_bench_runs_and_pruning_spends_less_budget():
+@pytest.mark.parametrize("task", ["synthetic", "digits"])
+def test_pruning_bench_runs_and_pruning_spends_less_budget(task):
+    """Both kinds of task: cheap synthetic curves, and a real MLP trained on digits on the
+    workers (data loaded by ``setup=``, the model checkpointed between rungs)."""
     n, n_prune, max_budget = 12, 30, 9
     out = subprocess.run(
-        [sys.executable, "bench/pruning.py", "--tasks", "synthetic", "--seeds", "1",
+        [sys.executable, "bench/pruning.py", "--tasks", task, "--seeds", "1",
          "--trials", str(n), "--prune-trials", str(n_prune), "--max-budget", str(max_budget),
          "--rules", "fifo,asha,hyperband,optuna", "--skip-latency"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
