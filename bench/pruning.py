@@ -18,7 +18,7 @@ Tasks, epochs as the budget (max 81, eta 3; ``--max-budget`` to change):
 * deceptive  like synthetic, but the best configurations start slowest (ASHA's weak spot,
              what Hyperband's brackets hedge against)
 
-Contenders: no pruning (fifo), median, asha, hyperband, async_hyperband on hpo-mlops
+Contenders: no pruning (fifo), median, asha, asha_promotion, hyperband, async_hyperband on hpo-mlops
 (2-worker LocalCluster), and Optuna's study.optimize(n_jobs=2) with HyperbandPruner, side
 by side, all with the same sampler (``--sampler tpe``, the default, so tpe + hyperband is
 BOHB-like; or ``random``, the setting of the ASHA and Hyperband papers). No pruning runs
@@ -204,7 +204,7 @@ def run_hpo(task, rule, seed, n_trials, client, log_path, sampler="tpe"):
     from hpo_mlops.study import Study
 
     scheduler = {"name": rule, "max_budget": MAX_BUDGET}
-    if rule in ("asha", "hyperband", "async_hyperband", "sha"):
+    if rule in ("asha", "hyperband", "async_hyperband", "sha", "asha_promotion"):
         scheduler.update(min_budget=1, eta=ETA)
     if rule == "median":
         scheduler.update(min_trials=5, warmup_steps=1)
@@ -342,7 +342,8 @@ def main() -> None:
                     help="trials for every pruning contender (default 4x --trials: they are "
                          "given about the budget of fifo, not the same number of trials)")
     ap.add_argument("--tasks", default="digits,synthetic,deceptive")
-    ap.add_argument("--rules", default="fifo,median,asha,hyperband,async_hyperband,optuna")
+    ap.add_argument("--rules",
+                    default="fifo,median,asha,asha_promotion,hyperband,async_hyperband,optuna")
     ap.add_argument("--max-budget", type=int, default=MAX_BUDGET)
     ap.add_argument("--skip-latency", action="store_true", help="skip the plugin's latency run")
     ap.add_argument("--sampler", choices=["tpe", "random"], default="tpe")

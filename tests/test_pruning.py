@@ -18,6 +18,7 @@ RULES = {
     "asha": {"name": "asha", "min_budget": 1, "max_budget": 9, "eta": 3},
     "hyperband": {"name": "hyperband", "min_budget": 1, "max_budget": 9, "eta": 3},
     "async_hyperband": {"name": "async_hyperband", "min_budget": 1, "max_budget": 9, "eta": 3},
+    "asha_promotion": {"name": "asha_promotion", "min_budget": 1, "max_budget": 9, "eta": 3},
 }
 
 
@@ -31,7 +32,7 @@ def test_lifecycle_of_every_scheduler(rule, dask_client, mlflow_uri, tmp_path):
     from mlflow.tracking import MlflowClient
 
     study = _study(f"life-{rule}", mlflow_uri, RULES[rule])
-    budget = {} if rule in ("sha", "asha", "hyperband", "async_hyperband") else None
+    budget = {} if rule in ("sha", "asha", "hyperband", "async_hyperband", "asha_promotion") else None
     study.optimize(obj.curve, n_trials=18, client=dask_client,
                    checkpoint_dir=str(tmp_path / "ckpt"))
     states = [t.state for t in study.trials]

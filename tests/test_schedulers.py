@@ -29,7 +29,7 @@ from hpo_mlops.schedulers.brackets import (
 )
 
 C, S = Decision.CONTINUE, Decision.STOP
-RUNG_RULES = ["sha", "asha", "hyperband", "async_hyperband"]
+RUNG_RULES = ["sha", "asha", "hyperband", "async_hyperband", "asha_promotion"]
 
 
 def make(name: str, **options: Any) -> Scheduler:
@@ -543,6 +543,43 @@ def test_sync_interrupted_job_is_offered_again_first() -> None:
     s.on_start(0, 1, 0)
     assert s.on_report(0, 1, 0.5) is C  # a fresh job may start over
     assert s.trial_info(0)["jobs"] == 2
+
+
+def test_asha_promotion_waits_for_eta_values_and_promotes_late_risers() -> None:
+    """The paper's ASHA: the first trials of a rung wait (nothing to compare them with);
+    a trial is promoted once it is in the top n // eta, which can happen after it landed."""
+    s = make("asha_promotion", max_budget=9)  # rungs 1, 3, 9; mode min
+    assert s.plan(4) == [Job(None, 1, 0)] * 4, "new trials whenever nothing is promotable"
+    for t, v in enumerate([0.5, 0.4]):
+        s.on_start(t, 1, 0)
+        land(s, t, 1, v)
+    assert s.plan(1) == [Job(None, 1, 0)], "two values: nothing promoted yet, no one stopped"
+    assert s.trial_info(0)["state"] == s.trial_info(1)["state"] == "PAUSED"
+    s.on_start(2, 1, 0)
+    land(s, 2, 1, 0.9)
+    assert s.plan(2) == [Job(1, 3, 0), Job(None, 1, 0)], "the best of three goes on first"
+    for t, v in zip(range(3, 6), [0.95, 0.96, 0.97], strict=True):
+        s.on_start(t, 1, 0)
+        land(s, t, 1, v)
+    # six values: quota 2, so trial 0 (second best) is promoted now, long after it landed
+    assert s.plan(3) == [Job(1, 3, 0), Job(0, 3, 0), Job(None, 1, 0)]  # best first
+    assert s.pop_finished() == [], "nothing is ever stopped while new trials may come"
+
+
+def test_asha_promotion_takes_the_best_to_max_budget_once_no_new_trials_come() -> None:
+    s = make("asha_promotion", max_budget=9)
+    for t, v in enumerate([0.5, 0.4]):
+        s.on_start(t, 1, 0)
+        land(s, t, 1, v)
+    s.end_new_trials()
+    assert s.plan(3) == [Job(1, 3, 0)], "only promotions now: the best of the rung"
+    s.on_start(1, 3, 0)
+    land(s, 1, 3, 0.3, start=2)
+    assert s.plan(3) == [Job(1, 9, 0)]
+    s.on_start(1, 9, 0)
+    land(s, 1, 9, 0.2, start=4)
+    assert s.plan(3) == [] and s.pop_finished() == [(1, "COMPLETE")]
+    assert s.trial_info(0)["state"] == "PAUSED"  # the manager prunes it where it waits
 
 
 def test_promoted_trial_may_start_over_without_checkpoint() -> None:

@@ -284,7 +284,7 @@ S = TypeVar("S", bound="RungScheduler")
 
 
 class RungScheduler(Scheduler):
-    """Shared base of ``sha``, ``asha``, ``hyperband`` and ``async_hyperband``.
+    """Shared base of ``sha``, ``asha``, ``asha_promotion``, ``hyperband`` and ``async_hyperband``.
 
     Subclasses implement ``_start`` (a new trial), ``_restart`` (a known trial submitted
     again: promotion or retry), ``_decide`` (one valid report), ``_complete`` (a job ended)

@@ -274,15 +274,19 @@ class SyncBracketScheduler(RungScheduler):
         chosen_set = set(chosen)
         for _, t in ranked:  # best first
             if t in chosen_set:
-                track = self._trials[t]
-                track.level = i + 1
-                track.budget = nxt.budget
-                track.status = "promoted"
-                nxt.members.append(t)
-                self._ready.append(t)
+                self._promote(b, i, t)
         for t in waiting:
             if t not in chosen_set:
                 self._stop(self._trials[t], rung.budget)
+
+    def _promote(self, b: _SyncBracket, i: int, t: int) -> None:
+        """Trial ``t``, waiting at rung ``i``, is handed out next with rung ``i + 1``'s budget."""
+        track = self._trials[t]
+        track.level = i + 1
+        track.budget = b.rungs[i + 1].budget
+        track.status = "promoted"
+        b.rungs[i + 1].members.append(t)
+        self._ready.append(t)
 
     # -- resume -----------------------------------------------------------------------------
     def _replay(self, rows: list[Record]) -> None:
