@@ -164,10 +164,13 @@ class Run:
                 if trial is not None and trial in study._paused:
                     jobs.append((study._paused.pop(trial), budget, bracket))
         self.rule.start([(rec.number, budget, bracket) for rec, budget, bracket in jobs])
+        ended = last_new and not self.no_new
         if last_new:
             self._end_new()
         for rec, budget, _ in jobs:
             self._submit(rec, budget)
+        if ended:  # the rule may promote now (a partial rung decided): plan those too
+            self._fill()
 
     def _end_new(self) -> None:
         if not self.no_new:
