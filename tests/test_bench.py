@@ -17,7 +17,8 @@ def _table(stdout: str) -> dict[str, list[str]]:
     rows = {}
     for line in stdout.splitlines():
         cols = line.split()
-        if cols and cols[0] in {"fifo", "asha", "hyperband", "optuna"} and len(cols) >= 9:
+        if cols and cols[0] in {"fifo", "asha", "asha_promotion", "hyperband", "optuna"} \
+                and len(cols) >= 9:
             rows[cols[0]] = cols
     return rows
 
@@ -30,15 +31,16 @@ def test_pruning_bench_runs_and_pruning_spends_less_budget(task):
     out = subprocess.run(
         [sys.executable, "bench/pruning.py", "--tasks", task, "--seeds", "1",
          "--trials", str(n), "--prune-trials", str(n_prune), "--max-budget", str(max_budget),
-         "--rules", "fifo,asha,hyperband,optuna", "--skip-latency"],
+         "--rules", "fifo,asha,asha_promotion,hyperband,optuna", "--skip-latency"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     rows = _table(out.stdout)
-    assert set(rows) == {"fifo", "asha", "hyperband", "optuna"}, out.stdout
+    assert set(rows) == {"fifo", "asha", "asha_promotion", "hyperband", "optuna"}, out.stdout
     total = {rule: float(cols[5]) for rule, cols in rows.items()}  # the 'total budget' column
     assert total["fifo"] == n * max_budget  # no pruning: every trial runs to max_budget
     # ASHA (min 1, eta 3): about 1 + 2/3 + 6/9 epochs a trial, against 9 without pruning
     assert total["asha"] < n_prune * max_budget / 2, out.stdout
-    # synchronous Hyperband resumes promoted trials from their checkpoints: no epoch twice
+    # the planning rules (promoted trials resume from their checkpoints) spend less too
     assert total["hyperband"] < n_prune * max_budget / 2, out.stdout
+    assert total["asha_promotion"] < n_prune * max_budget / 2, out.stdout
