@@ -63,9 +63,11 @@ class PromotionASHAScheduler(SyncBracketScheduler):
         if i + 1 >= len(b.rungs):
             return
         rung = b.rungs[i]
-        quota = len(rung.landed) // self.eta if computed else 0
-        if computed and self._no_new and rung.landed:
-            quota = max(1, quota)
+        quota = 0
+        if computed:
+            quota = len(rung.landed) // self.eta
+            if self._no_new:
+                quota = max(1, quota)
         ranked = sorted((v, t) for t, v in rung.landed.items() if math.isfinite(v))
         top = {t for _, t in ranked[:quota]} | self._forced.get((b.id, i), set())
         for _, t in ranked:  # best first; a trial promoted before may wait further up
