@@ -204,7 +204,7 @@ def run_hpo(task, rule, seed, n_trials, client, log_path, sampler="tpe"):
     from hpo_mlops.study import Study
 
     scheduler = {"name": rule, "max_budget": MAX_BUDGET}
-    if rule in ("asha", "hyperband", "async_hyperband", "sha", "asha_promotion"):
+    if rule not in ("fifo", "median"):  # the rung rules
         scheduler.update(min_budget=1, eta=ETA)
     if rule == "median":
         scheduler.update(min_trials=5, warmup_steps=1)

@@ -32,7 +32,7 @@ def test_lifecycle_of_every_scheduler(rule, dask_client, mlflow_uri, tmp_path):
     from mlflow.tracking import MlflowClient
 
     study = _study(f"life-{rule}", mlflow_uri, RULES[rule])
-    budget = {} if rule in ("sha", "asha", "hyperband", "async_hyperband", "asha_promotion") else None
+    budget = {} if "min_budget" in RULES[rule] else None  # the rung rules
     study.optimize(obj.curve, n_trials=18, client=dask_client,
                    checkpoint_dir=str(tmp_path / "ckpt"))
     states = [t.state for t in study.trials]
@@ -91,37 +91,40 @@ def test_sync_quotas_hold_with_many_concurrent_reporters(mlflow_uri, tmp_path):
     assert reached[1] == 27 and reached[3] <= 9 and reached[9] <= 3
 
 
-def _stop_then_resume(rule, name, mlflow_uri, dask_client, tmp_path):
-    """Run ``rule`` until trial 10 fails (max_failures=0), then resume the study; check that
-    every trial ends recorded once and no trial finished before the stop runs again."""
+def _stop_then_resume(rule, name, mlflow_uri, dask_client, tmp_path, n_trials=15,
+                      fail_number=10, **optimize):
+    """Run ``rule`` until trial ``fail_number`` fails (max_failures=0), then resume the
+    study; check that every trial ends recorded once and no trial finished before the stop
+    runs again. Returns the resumed study, its runs and the (trial, budget) jobs run before
+    the stop."""
     log, flag = tmp_path / "jobs.txt", tmp_path / "fail-now"
     flag.write_text("x")
     first = _study(name, mlflow_uri, RULES[rule])
-    objective = obj.curve_logged(str(log), fail_number=10, flag=str(flag))
+    objective = obj.curve_logged(str(log), fail_number=fail_number, flag=str(flag))
     with pytest.raises(TooManyFailures):
-        first.optimize(objective, n_trials=15, client=dask_client, max_failures=0,
-                       checkpoint_dir=str(tmp_path / "ckpt"))
+        first.optimize(objective, n_trials=n_trials, client=dask_client, max_failures=0,
+                       checkpoint_dir=str(tmp_path / "ckpt"), **optimize)
     flag.unlink()
     _, runs = runs_of(mlflow_uri, name)
     done_before = {n for n, r in runs.items()
                    if r.data.tags["hpo.state"] in ("COMPLETE", "PRUNED", "FAILED")}
-    assert len(done_before) < 15, "the first run stopped in the middle"
-    jobs_before = len(log.read_text().split())
+    assert len(done_before) < n_trials, "the first run stopped in the middle"
+    jobs_before = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
     second = _study(name, mlflow_uri, RULES[rule])
-    second.optimize(objective, n_trials=15, client=dask_client,
-                    checkpoint_dir=str(tmp_path / "ckpt"))
+    second.optimize(objective, n_trials=n_trials, client=dask_client,
+                    checkpoint_dir=str(tmp_path / "ckpt"), **optimize)
     _, runs = runs_of(mlflow_uri, name)
-    assert sorted(runs) == list(range(15))
+    assert sorted(runs) == list(range(n_trials))
     assert all(r.data.tags["hpo.state"] in ("COMPLETE", "PRUNED", "FAILED") for r in runs.values())
-    later = log.read_text().split()[jobs_before:]
+    later = log.read_text().split()[2 * len(jobs_before):]
     rerun = {int(n) for n in later[::2]}
     assert not rerun & done_before, "no finished trial ran again"
-    return second, runs
+    return second, runs, jobs_before
 
 
 def test_resume_in_the_middle_of_an_asha_promotion_study(dask_client, mlflow_uri, tmp_path):
-    study, _ = _stop_then_resume("asha_promotion", "ap-resume", mlflow_uri, dask_client,
-                                 tmp_path)
+    study, _, _ = _stop_then_resume("asha_promotion", "ap-resume", mlflow_uri, dask_client,
+                                    tmp_path)
     assert any(t.state is TrialState.COMPLETE and t.intermediate[-1][0] == 9
                for t in study.trials), "the best trial still reaches max_budget"
 
@@ -132,25 +135,18 @@ def test_a_resumed_study_whose_trials_all_started_still_runs_its_promotions(
     """Every one of ``n_trials`` was started before the stop, so the resumed run starts no
     new trial; the promotions the rule decides when it hears that must still run (they were
     once dropped: the study ended at once with every waiting trial pruned)."""
-    log, flag, name = tmp_path / "jobs.txt", tmp_path / "fail-now", f"all-started-{rule}"
-    flag.write_text("x")
-    objective = obj.curve_logged(str(log), fail_number=4, flag=str(flag))
-    with pytest.raises(TooManyFailures):
-        _study(name, mlflow_uri, RULES[rule]).optimize(
-            objective, n_trials=5, client=dask_client, max_failures=0, max_concurrent=1,
-            checkpoint_dir=str(tmp_path / "ckpt"))
-    flag.unlink()
-    assert not any(t.endswith(" 9") for t in log.read_text().splitlines())
-    study = _study(name, mlflow_uri, RULES[rule])
-    study.optimize(objective, n_trials=5, client=dask_client, max_concurrent=1,
-                   checkpoint_dir=str(tmp_path / "ckpt"))
+    study, _, jobs_before = _stop_then_resume(
+        rule, f"all-started-{rule}", mlflow_uri, dask_client, tmp_path, n_trials=5,
+        fail_number=4, max_concurrent=1)
+    assert not any(budget == 9 for _, budget in jobs_before)
     assert [t.number for t in study.trials] == list(range(5))
     assert any(t.state is TrialState.COMPLETE and t.intermediate[-1][0] == 9
                for t in study.trials), [(t.number, t.state.value) for t in study.trials]
 
 
 def test_resume_in_the_middle_of_a_hyperband_study(dask_client, mlflow_uri, tmp_path):
-    second, runs = _stop_then_resume("hyperband", "hb-resume", mlflow_uri, dask_client, tmp_path)
+    second, runs, _ = _stop_then_resume("hyperband", "hb-resume", mlflow_uri, dask_client,
+                                        tmp_path)
     # the whole study, across the stop, still follows the bracket table:
     # s=2: 9@1, 3@3, 1@9 (bracket 0); s=1: 3@3, 1@9 (bracket 1); s=0: 3@9 (bracket 2)
     brackets = {}
