@@ -86,6 +86,8 @@ def run_study(
                 sched.end_new_trials()
                 ended = True
                 continue
+            if sched.plans_budgets and sched.plan(1):
+                continue  # promotions end_new_trials decided after this tick's plan
             return run
         for w, job_state in enumerate(workers):
             if job_state is None:

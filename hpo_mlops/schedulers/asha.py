@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpo_mlops.errors import ConfigError, ReportError
-from hpo_mlops.schedulers.base import Decision
+from hpo_mlops.schedulers.base import Decision, pack_float, unpack_float
 from hpo_mlops.schedulers.brackets import (
     Budget,
     Record,
@@ -187,6 +187,43 @@ class ASHAScheduler(RungScheduler):
             self._finish(track, "failed")
         else:  # INTERRUPTED: will be submitted again
             track.status = "interrupted"
+
+    # -- saved state ------------------------------------------------------------------------
+    def _dump_rungs(self) -> dict[str, Any]:
+        """Per bracket and milestone: the trials recorded there, in the order they were, their
+        scores and how many continued past it (strict quotas); and how many trials were given
+        a bracket (the next one's turn). The sorted copy of the scores is rebuilt on load."""
+        return {
+            "assigned": self._assigned,
+            "brackets": [
+                [
+                    {
+                        "trials": list(b.recorded[k]),
+                        "scores": [pack_float(v) for v in b.recorded[k].values()],
+                        "promoted": b.promoted[k],
+                    }
+                    for k in range(len(b.milestones))
+                ]
+                for b in self._brackets
+            ],
+        }
+
+    def _load_rungs(self, data: dict[str, Any]) -> None:
+        saved = data["brackets"]
+        shape = [len(b.milestones) for b in self._brackets]
+        if [len(rungs) for rungs in saved] != shape:
+            raise ConfigError(
+                f"scheduler state: brackets with {[len(r) for r in saved]} milestones, this "
+                f"rule has {shape}"
+            )
+        self._assigned = int(data["assigned"])
+        for i, (b, rungs) in enumerate(zip(self._brackets, saved, strict=True)):
+            for k, rung in enumerate(rungs):
+                trials = self._known(rung["trials"], f"bracket {i}, milestone {b.milestones[k]}")
+                scores = [unpack_float(v) for v in rung["scores"]]
+                b.recorded[k] = dict(zip(trials, scores, strict=True))
+                b.ordered[k] = sorted(scores)
+                b.promoted[k] = int(rung["promoted"])
 
     def _replay(self, rows: list[Record]) -> None:
         last_state: dict[int, str] = {}

@@ -84,6 +84,11 @@ class PromotionASHAScheduler(SyncBracketScheduler):
             for i in range(len(b.rungs) - 1):
                 self._promote_top(b, i)
 
+    def _load_rungs(self, data: dict[str, Any]) -> None:
+        super()._load_rungs(data)
+        for b in self._brackets:  # rung 0 takes every new trial until end_new_trials
+            b.accepting = True
+
     def _replay(self, rows: list[Record]) -> None:
         super()._replay(rows)
         for b in self._brackets:  # sha's replay closes a rung 0 that promoted; ours never is

@@ -8,17 +8,46 @@ Life of a trial as a scheduler sees it::
     on_complete(trial, state, value)
 
 ``mode`` is ``"min"`` or ``"max"``; NaN/inf reports are treated as the worst value.
+
+Resume: :meth:`Scheduler.state` is the rule's whole decision state as plain JSON data (what
+its future decisions depend on, not every report), and :meth:`Scheduler.from_state` builds
+the same rule again from it, so a resumed study does not replay reports from capped tags.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from hpo_mlops.errors import ConfigError
+
+#: Version of the layout :meth:`Scheduler.state` writes; :meth:`Scheduler.from_state` refuses
+#: others rather than guessing what an older or newer layout meant.
+STATE_FORMAT = 1
+
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def pack_float(x: Any) -> Any:
+    """A number as JSON can hold it exactly: inf/-inf/NaN as the strings ``"inf"``, ``"-inf"``,
+    ``"nan"`` (JSON has no such numbers, and ``json.dumps`` would write non-standard tokens);
+    everything else unchanged (ints stay ints, so budgets keep their type)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def unpack_float(x: Any) -> Any:
+    """The inverse of :func:`pack_float`."""
+    if isinstance(x, str):
+        if x not in _NON_FINITE:
+            raise ConfigError(f"scheduler state: {x!r} is not a number")
+        return _NON_FINITE[x]
+    return x
 
 
 def reject_unknown(rule: str, unknown: dict[str, Any], known: list[str]) -> None:
@@ -46,6 +75,14 @@ class Job:
     trial: int | None = None
     budget: float | None = None
     bracket: int | None = None
+
+
+def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Options as they read back from JSON (so that saved and given options compare)."""
+    return json.loads(json.dumps({k: pack_float(v) for k, v in options.items()}))
+
+
+R = TypeVar("R", bound="Scheduler")
 
 
 class Scheduler(ABC):
@@ -107,3 +144,76 @@ class Scheduler(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "mode": self.mode, **self.options}
+
+    # -- saved state (resume) ---------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The rule's complete decision state, as plain JSON data that ``json.dumps`` /
+        ``json.loads`` round-trip exactly (no tuples, no int keys, no inf/NaN numbers).
+
+        Why not the reports: a rule's future decisions depend on far less than every report
+        (a rung rule on one value per trial and rung), and reports are what a tracking
+        store caps. The header names the format, the rule, its mode and options, so that
+        :meth:`from_state` can refuse a state saved by another configuration.
+        """
+        return {
+            "format": STATE_FORMAT,
+            "rule": self.name,
+            "mode": self.mode,
+            "options": _plain_options(self.options),
+            "data": self._dump_state(),
+        }
+
+    @classmethod
+    def from_state(cls: type[R], state: dict[str, Any], mode: str = "min", **options: Any) -> R:
+        """The rule that saved ``state``, again: the same answers to every later call.
+
+        ``mode`` and ``options`` are the study's scheduler configuration; a state saved with
+        another rule, mode or options is refused (:class:`ConfigError` naming what differs),
+        since its rungs, brackets or quotas would mean something else here.
+
+        One thing is not carried over: :meth:`end_new_trials`. It is an announcement about
+        one run of the study, and a resumed study is a new run that may start more trials
+        (a larger ``n_trials``); the manager says it again once its own trials are started.
+        """
+        rule = cls(mode=mode, **options)
+        rule._check_state(state)
+        rule._load_state(state["data"])
+        return rule
+
+    def _check_state(self, state: Any) -> None:
+        if not isinstance(state, dict) or "format" not in state:
+            raise ConfigError("scheduler state: not a saved scheduler state (no 'format' key)")
+        if state["format"] != STATE_FORMAT:
+            raise ConfigError(
+                f"scheduler state: format {state['format']!r} is not supported; this version "
+                f"reads format {STATE_FORMAT}"
+            )
+        if state.get("rule") != self.name:
+            raise ConfigError(
+                f"scheduler state: saved by the {state.get('rule')!r} rule, it cannot be loaded "
+                f"into {self.name!r}; resume with the scheduler the study was run with"
+            )
+        saved = {"mode": state.get("mode"), **(state.get("options") or {})}
+        given = {"mode": self.mode, **_plain_options(self.options)}
+        differ = [
+            f"{key}: saved {saved.get(key)!r}, given {given.get(key)!r}"
+            for key in sorted(set(saved) | set(given))
+            if json.dumps(saved.get(key)) != json.dumps(given.get(key))
+        ]
+        if differ:
+            raise ConfigError(
+                f"scheduler state: saved by {self.name!r} with other options ("
+                + "; ".join(differ)
+                + "); resume with the options it was saved with, or start a new study"
+            )
+
+    def _dump_state(self) -> dict[str, Any]:
+        """The rule's own part of :meth:`state` (everything but the header)."""
+        raise NotImplementedError(
+            f"the {self.name!r} scheduler does not save its state; a resumed study replays "
+            "its reports instead"
+        )
+
+    def _load_state(self, data: dict[str, Any]) -> None:
+        """Set the rule's decision state from :meth:`_dump_state`'s data."""
+        raise NotImplementedError(f"the {self.name!r} scheduler cannot load a saved state")

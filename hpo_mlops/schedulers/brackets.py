@@ -3,7 +3,9 @@
 Why one module for both: SHA, ASHA, Hyperband and asynchronous Hyperband differ only in
 *when* a trial is compared with the others at a rung and *what* happens next. The rung
 budgets, the checks on reports, the budget accounting (MLflow tags) and the replay of
-recorded reports (resume) must mean the same thing for all four, so they live here once.
+recorded reports (resume) must mean the same thing for all four, so they live here once;
+so does the saved state (:meth:`RungScheduler.state`): one row per trial and one value per
+trial and rung reached, however many reports came between rungs.
 
 Budgets are measured in the same unit as report steps (an epoch, a number of samples...):
 a trial that reported step 9 has consumed a budget of 9.
@@ -11,6 +13,7 @@ a trial that reported step 9 has consumed a budget of 9.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import warnings
@@ -19,7 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from hpo_mlops.errors import ConfigError, ReportError
-from hpo_mlops.schedulers.base import Decision, Scheduler, reject_unknown
+from hpo_mlops.schedulers.base import (
+    Decision,
+    Scheduler,
+    pack_float,
+    reject_unknown,
+    unpack_float,
+)
 
 Budget = int | float
 
@@ -280,6 +289,43 @@ class TrialTrack:
             self.max_step = self.budget
 
 
+#: a saved state lists each trial as one row of these fields (header written once, so a
+#: state is about a hundred bytes per trial, not a dict of names per trial)
+_TRACK_FIELDS = [f.name for f in dataclasses.fields(TrialTrack)]
+
+
+def _pack_track(track: TrialTrack) -> list[Any]:
+    row: list[Any] = []
+    for name in _TRACK_FIELDS:
+        v = getattr(track, name)
+        if isinstance(v, Decision):
+            v = v.value
+        elif isinstance(v, list):
+            v = [pack_float(x) for x in v]
+        row.append(pack_float(v))
+    return row
+
+
+def _unpack_track(row: list[Any]) -> TrialTrack:
+    if len(row) != len(_TRACK_FIELDS):
+        raise ConfigError(
+            f"scheduler state: a trial row has {len(row)} fields, expected {len(_TRACK_FIELDS)}"
+        )
+    values: dict[str, Any] = {}
+    for name, v in zip(_TRACK_FIELDS, row, strict=True):
+        if name == "status":
+            if v not in _PUBLIC:
+                raise ConfigError(f"scheduler state: unknown trial status {v!r}")
+        elif name == "last_decision":
+            v = Decision(v)
+        elif isinstance(v, list):
+            v = [unpack_float(x) for x in v]
+        else:
+            v = unpack_float(v)
+        values[name] = v
+    return TrialTrack(**values)
+
+
 S = TypeVar("S", bound="RungScheduler")
 
 
@@ -316,6 +362,7 @@ class RungScheduler(Scheduler):
         self._log: list[tuple[int, Budget | None, float | None, Budget]] = []
         self._finished: list[tuple[int, str]] = []
         self._replaying = False
+        self._log_complete = True  # False once rebuilt from a state: it holds no reports
 
     # -- subclass hooks ---------------------------------------------------------------------
     def _start(self, trial: int, budget: Budget | None, bracket: int | None) -> TrialTrack:
@@ -335,6 +382,13 @@ class RungScheduler(Scheduler):
 
     def _bracket_s(self, bracket: int) -> int:
         """The textbook index ``s`` (number of halvings) of a bracket id."""
+        raise NotImplementedError
+
+    def _dump_rungs(self) -> dict[str, Any]:
+        """The subclass's part of the saved state: what its rungs and brackets hold."""
+        raise NotImplementedError
+
+    def _load_rungs(self, data: dict[str, Any]) -> None:
         raise NotImplementedError
 
     # -- the Scheduler interface ------------------------------------------------------------
@@ -479,6 +533,11 @@ class RungScheduler(Scheduler):
     def records(self) -> list[Record]:
         """All reports in arrival order (plus one row per trial that reported nothing), enough
         for :meth:`from_records` to rebuild this scheduler exactly."""
+        if not self._log_complete:
+            raise RuntimeError(
+                f"this {self.name!r} scheduler was rebuilt from a saved state, which keeps no "
+                "reports; save its state() again instead of its records()"
+            )
         out = []
         seen = set()
         for trial, step, value, budget in self._log:
@@ -514,6 +573,44 @@ class RungScheduler(Scheduler):
             if recorded_state.get(t) not in ("COMPLETE", "PRUNED", "FAILED")
         ]
         return self
+
+    # -- saved state (resume) ---------------------------------------------------------------
+    def _dump_state(self) -> dict[str, Any]:
+        """Every trial's bookkeeping (one row each, in start order), the settled trials not yet
+        popped, and what the rungs hold (the subclass's part). Not the reports: no decision
+        reads them again (they are kept only for :meth:`records`)."""
+        return {
+            "trials": {
+                "fields": list(_TRACK_FIELDS),
+                "rows": [_pack_track(t) for t in self._trials.values()],
+            },
+            "finished": [[t, state] for t, state in self._finished],
+            **self._dump_rungs(),
+        }
+
+    def _load_state(self, data: dict[str, Any]) -> None:
+        trials = data["trials"]
+        if trials["fields"] != _TRACK_FIELDS:
+            raise ConfigError(
+                f"scheduler state: trial fields {trials['fields']!r} are not this version's "
+                f"{_TRACK_FIELDS!r}"
+            )
+        for row in trials["rows"]:
+            track = _unpack_track(row)
+            self._trials[track.trial] = track
+        self._finished = [(int(t), str(state)) for t, state in data["finished"]]
+        self._load_rungs(data)
+        self._log_complete = False
+
+    def _known(self, trials: Iterable[int], where: str) -> list[int]:
+        """``trials`` from a saved state, checked against the trials the state holds."""
+        out = list(trials)
+        for t in out:
+            if t not in self._trials:
+                raise ConfigError(
+                    f"scheduler state: {where} names trial {t!r}, which the state does not hold"
+                )
+        return out
 
     # -- helpers ----------------------------------------------------------------------------
     def _finish(self, track: TrialTrack, status: str) -> None:

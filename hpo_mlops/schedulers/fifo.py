@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hpo_mlops.schedulers.base import Decision, Scheduler, reject_unknown
 
 
@@ -16,3 +18,9 @@ class FIFOScheduler(Scheduler):
 
     def on_report(self, trial: int, step: int, value: float) -> Decision:
         return Decision.CONTINUE
+
+    def _dump_state(self) -> dict[str, Any]:
+        return {}  # it decides nothing: its options (in the state's header) are all it is
+
+    def _load_state(self, data: dict[str, Any]) -> None:
+        pass

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpo_mlops.errors import ConfigError, ReportError
-from hpo_mlops.schedulers.base import Decision, Job
+from hpo_mlops.schedulers.base import Decision, Job, pack_float, unpack_float
 from hpo_mlops.schedulers.brackets import (
     _FINAL,
     Bracket,
@@ -287,6 +287,57 @@ class SyncBracketScheduler(RungScheduler):
         track.status = "promoted"
         b.rungs[i + 1].members.append(t)
         self._ready.append(t)
+
+    # -- saved state ------------------------------------------------------------------------
+    def _dump_rungs(self) -> dict[str, Any]:
+        """Per bracket (in opening order; its shape follows from its id): whether rung 0 still
+        takes new trials, and per rung its members, what landed there (trials in landing
+        order, scores; inf: failed) and whether it was decided. Then the queues ``plan``
+        hands out: promoted trials not started yet, interrupted jobs to run again. Not the
+        cursor past full brackets: it is found again.
+
+        Not ``end_new_trials``: see :meth:`~hpo_mlops.schedulers.base.Scheduler.from_state`.
+        """
+        return {
+            "brackets": [
+                {
+                    "accepting": b.accepting,
+                    "rungs": [
+                        {
+                            "members": list(r.members),
+                            "landed": [list(r.landed), [pack_float(v) for v in r.landed.values()]],
+                            "closed": r.closed,
+                        }
+                        for r in b.rungs
+                    ],
+                }
+                for b in self._brackets
+            ],
+            "ready": list(self._ready),
+            "requeue": list(self._requeue),
+        }
+
+    def _load_rungs(self, data: dict[str, Any]) -> None:
+        self._no_new = False  # a resumed study may start new trials: it says when it won't
+        for saved in data["brackets"]:
+            b = self._open()
+            if len(saved["rungs"]) != len(b.rungs):
+                raise ConfigError(
+                    f"scheduler state: bracket {b.id} has {len(saved['rungs'])} rungs, this "
+                    f"rule's has {len(b.rungs)}"
+                )
+            b.accepting = bool(saved["accepting"])
+            for i, (rung, r) in enumerate(zip(b.rungs, saved["rungs"], strict=True)):
+                where = f"bracket {b.id}, rung {i}"
+                rung.members = self._known(r["members"], where)
+                trials, scores = r["landed"]
+                rung.landed = dict(
+                    zip(self._known(trials, where), map(unpack_float, scores), strict=True)
+                )
+                rung.closed = bool(r["closed"])
+        self._ready = self._known(data["ready"], "the promotion queue")
+        self._requeue = self._known(data["requeue"], "the rerun queue")
+        # _first_open stays 0: a cursor past full brackets, which _accepting() moves on again
 
     # -- resume -----------------------------------------------------------------------------
     def _replay(self, rows: list[Record]) -> None:
