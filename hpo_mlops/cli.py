@@ -1,9 +1,9 @@
 """The ``hpo-mlops`` command line: run a study described in ``params.yaml`` and inspect it.
 
-Why the CLI holds the Dask client itself instead of letting ``Study.optimize`` make one: the
-progress display reads which trials are on which worker from the same client, without any
-hook in the manager loop. ``optimize`` runs in the main thread (so Ctrl-C reaches it and
-leaves the study resumable); the display is a second thread that only reads.
+The progress display subscribes to the study's trial events (``Study.subscribe``): which
+trial started on which worker, which finished, as the ledger moves them. ``optimize`` runs
+in the main thread (so Ctrl-C reaches it and leaves the study resumable); the display draws
+from a second thread what the events told it.
 
 Exit codes: 0 success; 1 the study failed (too many failures, no completed trial, or an
 unexpected error); 2 a bad configuration or command line; 130 interrupted (Ctrl-C).
@@ -16,7 +16,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -124,22 +123,14 @@ def _fmt_time(seconds: float | None) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
 
 
-def _on_scheduler_running(dask_scheduler: Any, prefix: str) -> dict[str, Any]:
-    """Runs on the Dask scheduler: trials of this study per worker, and which of them the
-    workers' last heartbeat reported as executing (with for how long)."""
-    out: dict[str, Any] = {}
-    for addr, ws in dask_scheduler.workers.items():
-        keys = [str(ts.key) for ts in ws.processing if str(ts.key).startswith(prefix)]
-        if keys:
-            executing = {str(ts.key): d for ts, d in ws.executing.items()}
-            out[addr] = {"nthreads": ws.nthreads, "keys": keys,
-                         "executing": {k: executing[k] for k in keys if k in executing}}
-    return out
-
-
 class Progress:
-    """Polls the study and the Dask scheduler; draws a live panel or prints plain lines,
-    and keeps ``.hpo-mlops/<study>.json`` up to date for ``hpo-mlops status``."""
+    """Listens to the study's trial events; draws a live panel or prints plain lines, and
+    keeps ``.hpo-mlops/<study>.json`` up to date for ``hpo-mlops status``.
+
+    Why events: the display learns of a trial the moment the ledger moves it (started on a
+    worker, paused, finished), in the manager's thread and in order, instead of polling the
+    study's records from another thread and retrying when it caught them changing.
+    """
 
     def __init__(self, study: Any, client: Any, mode: ProgressMode, n_trials: int | None,
                  timeout: float | None, status_file: Path | None, interval: float = 0.5) -> None:
@@ -149,61 +140,52 @@ class Progress:
         self.started = time.time()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._printed: set[int] = set()
+        self._lock = threading.Lock()
+        self._running: dict[int, dict[str, Any]] = {}
+        self._finished: dict[int, Any] = {}
+        self._new: list[Any] = []  # finished since the last plain print
         self._base = 0
         self._snapshot: dict[str, Any] = {}
 
     # -- data -----------------------------------------------------------------------------
-    def _trials(self) -> list[Any]:
-        for _ in range(5):  # the manager thread may be adding one right now
-            try:
-                return list(self.study.trials)
-            except (RuntimeError, KeyError):
-                time.sleep(0.01)
-        return []
-
-    def _running(self) -> list[dict[str, Any]]:
-        prefix = f"hpo-trial-{self.study.name}-"
-        # the manager names a trial's task hpo-trial-<study>-<run key>-<number>[-...]
-        number = re.compile(re.escape(prefix) + r"[0-9a-f]+-(\d+)")
-        try:
-            info = self.client.run_on_scheduler(_on_scheduler_running, prefix=prefix)
-        except Exception:  # noqa: BLE001 - the cluster may be closing
-            return []
-        rows = []
-        for addr, w in info.items():
-            keys = sorted(w["keys"], key=lambda k: k not in w["executing"])
-            for i, key in enumerate(keys):
-                m = number.match(key)
-                if m is None:
-                    continue
-                rows.append({"trial": int(m[1]), "worker": addr,
-                             "state": "running" if i < w["nthreads"] else "queued",
-                             "seconds": w["executing"].get(key)})
-        return sorted(rows, key=lambda r: r["trial"])
+    def on_event(self, kind: str, rec: Any) -> None:
+        """A subscriber of the study (``Study.subscribe``): called in the manager's thread."""
+        with self._lock:
+            if kind == "started":
+                self._running[rec.number] = {"trial": rec.number, "worker": rec.worker,
+                                             "state": "running", "since": time.time()}
+                return
+            self._running.pop(rec.number, None)
+            if kind == "finished":
+                self._finished[rec.number] = rec
+                self._new.append(rec)
 
     def snapshot(self) -> dict[str, Any]:
-        trials = self._trials()
+        now = time.time()
+        with self._lock:
+            trials = list(self._finished.values())
+            running = [{**{k: v for k, v in r.items() if k != "since"},
+                        "seconds": now - r["since"]}
+                       for _, r in sorted(self._running.items())]
         counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAILED")}
         for t in trials:
             counts[t.state.value] = counts.get(t.state.value, 0) + 1
-        running = self._running()
         best = None
         if len(self.study.metrics) == 1:
             with contextlib.suppress(ValueError, HPOError):
                 b = self.study.best_trial
                 best = {"trial": b.number, "value": b.value, "params": b.params}
         done_now = len(trials) - self._base
-        elapsed = time.time() - self.started
+        elapsed = now - self.started
         eta = None
         if self.n_trials is not None and done_now > 0:
             eta = elapsed / done_now * max(0, self.n_trials - len(trials))
         if self.timeout is not None:
             eta = min(eta if eta is not None else float("inf"), max(0.0, self.timeout - elapsed))
         return {"study": self.study.name, "pid": os.getpid(), "started": self.started,
-                "updated": time.time(), "finished": len(trials), "counts": counts,
+                "updated": now, "finished": len(trials), "counts": counts,
                 "running": running, "best": best, "elapsed": elapsed, "eta": eta,
-                "n_trials": self.n_trials, "trials": trials}
+                "n_trials": self.n_trials}
 
     # -- drawing --------------------------------------------------------------------------
     def _line(self, s: dict[str, Any]) -> str:
@@ -218,9 +200,9 @@ class Progress:
 
     def _print_new(self, s: dict[str, Any]) -> None:
         """One line per newly finished trial, then one status line (CI logs, pipes)."""
-        new = [t for t in s["trials"] if t.number not in self._printed]
-        for t in sorted(new, key=lambda t: t.end or 0):
-            self._printed.add(t.number)
+        with self._lock:
+            new, self._new = self._new, []
+        for t in new:
             if t.state.value == "FAILED":
                 what = f"error: {(t.error or '?').splitlines()[0][:200]}"
             else:
@@ -260,8 +242,7 @@ class Progress:
     def _write_status(self, s: dict[str, Any], final: bool = False) -> None:
         if self.status_file is None:
             return
-        doc = {k: v for k, v in s.items() if k != "trials"}
-        doc["done"] = final
+        doc = {**s, "done": final}
         self.status_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, default=str))
@@ -282,8 +263,9 @@ class Progress:
 
     @contextlib.contextmanager
     def show(self) -> Iterator[None]:
-        self._base = len(self._trials())
-        self._printed = {t.number for t in self._trials()}
+        self._finished = {t.number: t for t in self.study.trials}  # an earlier run's
+        self._base = len(self._finished)
+        unsubscribe = self.study.subscribe(self.on_event)
         live = None
         if self.mode is ProgressMode.live:
             from rich.live import Live
@@ -295,6 +277,7 @@ class Progress:
         try:
             yield
         finally:
+            unsubscribe()
             self._stop.set()
             self._thread.join()
             self.tick()

@@ -139,6 +139,18 @@ def planned_capacity(client: Any) -> tuple[int, int] | None:
     return factory.planned() if factory is not None else None
 
 
+#: seconds a study waits with no worker at all (all lost) before it stops, for clusters
+#: that set no ``worker_timeout`` of their own
+DEFAULT_WORKER_TIMEOUT = 120.0
+
+
+def worker_timeout(client: Any) -> float:
+    """How long the client's cluster may have no worker before the study stops."""
+    factory = _FACTORIES.get(id(client))
+    limit = getattr(factory, "worker_timeout", None)
+    return DEFAULT_WORKER_TIMEOUT if limit is None else float(limit)
+
+
 def wait_for_workers(client: Any) -> None:
     """Block until the client's cluster can run a trial, or raise :class:`ClusterError`.
 

@@ -1,129 +1,243 @@
-"""Dask plugins: scheduler-side pruning decisions and worker-side study set-up.
+"""Dask plugins: the study's ledger on the Dask scheduler, and the study on each worker.
 
-* :class:`PruningPlugin` (a ``SchedulerPlugin``) hosts one scheduler rule per study on
-  the Dask scheduler. Workers call its ``hpo_report`` handler over one RPC; because the
-  scheduler's event loop runs handlers one at a time, decisions are consistent however
-  many workers report at once, and they survive the loss of any worker.
-* :class:`StudyPlugin` (a ``WorkerPlugin``) ships the objective to every worker once
-  (not once per task) and runs ``setup()`` once per worker, workers joining later included.
+* :class:`HubPlugin` (a ``SchedulerPlugin``) hosts one :class:`~hpo_mlops.ledger.Ledger`
+  per study run. Slots (one long-lived task per worker thread, :func:`hpo_mlops.runner.
+  run_slot`) pull their next job from it with ``hpo_next``, in the same round trip that
+  hands in the last job's outcome; reports go to ``hpo_report``; the manager drains the
+  ledger's events in batches with ``hpo_events``. The scheduler's event loop runs handlers
+  one at a time, so every decision is consistent however many slots call at once, and it
+  survives the loss of any worker (``remove_worker`` hands the lost trials to the ledger).
+* :class:`StudyPlugin` (a ``WorkerPlugin``) ships the objective to every worker once, runs
+  ``setup()`` once per worker (late joiners included) and, for decentralized asks, holds
+  this worker process's own copy of the study's sampler (:class:`SamplerCopy`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
+import threading
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
 from hpo_mlops import registry
+from hpo_mlops.ledger import Ledger, from_wire, rebuild_rule
+from hpo_mlops.results import Result, TrialState
 from hpo_mlops.schedulers.base import Decision, Scheduler
 
-PLUGIN_NAME = "hpo-mlops-pruning"
+PLUGIN_NAME = "hpo-mlops-hub"
+#: slots of one worker that may wait inside the scheduler for a job at once; the others
+#: wait on their worker (each waiting call holds one of the worker's 512 connections)
+WAITERS_PER_WORKER = 64
+STOP = {"job": None}
 
 
-class PruningPlugin(SchedulerPlugin):
+class _Hub:
+    """One study run on the scheduler: its ledger, central asks, waiting slots."""
+
+    def __init__(self, ledger: Ledger, central: bool, client: str | None) -> None:
+        self.ledger, self.central, self.client = ledger, central, client
+        self.ready: deque[tuple[dict, str]] = deque()  # a central sampler's asks, in order
+        self.waiters: deque[asyncio.Future] = deque()
+        self.waiting: dict[str, int] = {}
+        self.manager: asyncio.Future | None = None
+        self.sent: dict[str, int] = {}  # history items sent to each worker process
+
+    def pop_ready(self) -> tuple[dict, str] | None:
+        return self.ready.popleft() if self.ready else None
+
+    def wake(self, n: int | None = None) -> None:
+        """Wake ``n`` waiting slots (all when ``None``), and the manager's poll."""
+        while self.waiters and (n is None or n > 0):
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                n = None if n is None else n - 1
+        if self.manager is not None and not self.manager.done():
+            self.manager.set_result(None)
+
+    def delta(self, worker: str) -> dict[str, Any]:
+        history = self.ledger.history
+        if history is None:
+            return {}
+        start = self.sent.get(worker, 0)
+        self.sent[worker] = len(history)
+        return {"start": start, "history": history[start:]}
+
+
+class HubPlugin(SchedulerPlugin):
     name = PLUGIN_NAME
     idempotent = True  # one per Dask scheduler, shared by every study on it
 
     def __init__(self) -> None:
-        self.rules: dict[str, Scheduler] = {}
+        self.hubs: dict[str, _Hub] = {}
 
     async def start(self, scheduler: Any) -> None:
-        scheduler.handlers.update(
-            {
-                "hpo_register": self.register,
-                "hpo_report": self.report,
-                "hpo_complete": self.complete,
-                "hpo_start": self.start_jobs,
-                "hpo_plan": self.plan,
-                "hpo_settle": self.settle,
-                "hpo_end_new": self.end_new,
-                "hpo_info": self.info,
-                "hpo_forget": self.forget,
-            }
-        )
+        scheduler.handlers.update({
+            "hpo_register": self.register, "hpo_report": self.report,
+            "hpo_next": self.next_job, "hpo_events": self.events, "hpo_push": self.push,
+            "hpo_end_new": self.end_new, "hpo_stop": self.stop, "hpo_state": self.state,
+            "hpo_info": self.info, "hpo_forget": self.forget,
+        })
 
-    # Handlers are plain functions: the scheduler calls them on its event loop, in order.
-    def register(self, key: str, spec: Any, mode: str, records: list | None = None) -> dict:
-        """Build the study's rule; on resume, rebuild its records from what was tracked."""
+    # -- the manager's calls ----------------------------------------------------------------
+    def register(self, key: str, spec: Any, mode: str, records: list | None = None,
+                 saved: dict | None = None, n_trials: int | None = None,
+                 max_retries: int = 3, max_failures: int | None = None, central: bool = True,
+                 client: str | None = None) -> dict:
+        """Build the study's rule and ledger; on resume from the saved state or the records."""
         rule = registry.create(registry.SCHEDULERS, spec, Scheduler, mode=mode)
-        if records:
-            rule = _rebuild(rule, spec, mode, records)
-        self.rules[key] = rule
-        return rule.describe()
+        recs = [from_wire(r) for r in records or []]
+        rule, how = rebuild_rule(rule, spec, mode, recs, saved)
+        ledger = Ledger(rule, n_trials=n_trials, max_retries=max_retries,
+                        max_failures=max_failures, records=recs, history=not central)
+        self.hubs[key] = _Hub(ledger, central, client)
+        return {"rule": how}
 
-    def report(self, key: str, trial: int, step: int, value: float) -> str:
-        if key not in self.rules:  # the study ended (Ctrl-C, max_failures): stop its trials
-            return Decision.STOP.value
-        return self.rules[key].on_report(trial, step, value).value
+    async def events(self, key: str, wait: float = 0.0) -> dict:
+        """The ledger's events since the last call (waits up to ``wait`` s for one), and
+        how many central asks are queued."""
+        hub = self.hubs.get(key)
+        if hub is None:
+            return {"events": [], "queued": 0}
+        if not hub.ledger.events and wait > 0:
+            hub.manager = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(hub.manager, wait)
+            hub.manager = None
+        return {"events": hub.ledger.take_events(), "queued": len(hub.ready)}
 
-    def complete(self, key: str, trial: int, state: str, value: float | None = None) -> None:
-        if key in self.rules:
-            self.rules[key].on_complete(trial, state, value)
-
-    def start_jobs(self, key: str, jobs: list) -> None:
-        rule = self.rules[key]
-        for trial, budget, bracket in jobs:
-            rule.on_start(trial, budget, bracket)
-
-    def plan(self, key: str, n: int) -> list[tuple[Any, Any, Any]]:
-        return [(j.trial, j.budget, j.bracket) for j in self.rules[key].plan(n)]
-
-    def settle(self, key: str, trials: list[int]) -> dict:
-        """Trials the rule settled since the last call, and MLflow info for those + ``trials``."""
-        rule = self.rules[key]
-        finished = rule.pop_finished()
-        wanted = {t for t, _ in finished} | set(trials)
-        info = {}
-        for t in wanted:
-            try:
-                info[t] = rule.trial_info(t)
-            except KeyError:
-                continue
-        return {"finished": finished, "info": info}
+    def push(self, key: str, params: list[dict], origins: list[str]) -> int:
+        """Params a central sampler asked ahead; answers how many are queued now."""
+        hub = self.hubs[key]
+        hub.ready.extend(zip(params, origins, strict=True))
+        hub.wake(len(params))
+        return len(hub.ready)
 
     def end_new(self, key: str) -> None:
-        self.rules[key].end_new_trials()
+        hub = self.hubs[key]
+        hub.ledger.end_new()
+        hub.wake()
+
+    def stop(self, key: str) -> list:
+        """Interrupt the study: running trials become INTERRUPTED; slots stop."""
+        hub = self.hubs.get(key)
+        if hub is None:
+            return []
+        hub.ledger.interrupt()
+        hub.wake()
+        return hub.ledger.take_events()
+
+    def state(self, key: str) -> dict | None:
+        hub = self.hubs.get(key)
+        return None if hub is None else hub.ledger.state()
 
     def info(self, key: str) -> dict:
-        rule = self.rules[key]
-        return {"describe": rule.describe(), "summary": rule.budget_summary()}
+        hub = self.hubs.get(key)
+        if hub is None:
+            return {}
+        rule = hub.ledger.rule
+        return {"describe": rule.describe(), "summary": rule.budget_summary(),
+                "state": hub.ledger.state(), "queued": len(hub.ready),
+                "running": len(hub.ledger.running)}
 
     def forget(self, key: str) -> None:
-        self.rules.pop(key, None)
+        hub = self.hubs.pop(key, None)
+        if hub is not None:
+            hub.ledger.stopped = True
+            hub.wake()
+
+    # -- the slots' calls -------------------------------------------------------------------
+    def report(self, key: str, trial: int, step: int, value: float) -> str:
+        hub = self.hubs.get(key)
+        if hub is None:  # the study ended (Ctrl-C, max_failures): stop its trials
+            return Decision.STOP.value
+        return hub.ledger.report(trial, step, value)
+
+    async def next_job(self, key: str, worker: str, done: dict | None = None,
+                       stop: bool = False, proposal: dict | None = None,
+                       origin: str | None = None) -> dict:
+        """Hand in the last job's outcome (``done``) and take the next job.
+
+        With decentralized asks the slot's sampler copy asked before the call: its
+        ``proposal`` becomes the params if the job is a new trial (the reply says so), so
+        the ledger knows a trial's params from its start, with no second round trip.
+        """
+        hub = self.hubs.get(key)
+        if hub is None:
+            return STOP
+        ledger = hub.ledger
+        left = [proposal]
+
+        def proposed() -> tuple[dict, str | None] | None:
+            p, left[0] = left[0], None
+            return None if p is None else (p, origin)
+
+        if done is not None:
+            ledger.finish_job(done["number"], done)
+            hub.wake(1)  # a rung may have been decided: a waiting slot may have work now
+        while not stop:
+            job = ledger.assign(worker, hub.pop_ready if hub.central else proposed)
+            if job is not None:
+                hub.wake(1)  # pass it on: there may be more than one job
+                return {"job": job.to_wire(), "used": left[0] is None, **hub.delta(worker)}
+            if not hub.central and proposal is None and ledger.wants_new():
+                # a new trial, and the slot's copy has not proposed (it had not heard the
+                # history yet): the history now, then a proposal
+                return {"job": None, "propose": True, **hub.delta(worker)}
+            if ledger.idle():
+                if not ledger.stopped:  # over: not stopped (paused trials stay resumable)
+                    ledger.finish()
+                hub.wake()
+                break
+            if hub.waiting.get(worker, 0) >= WAITERS_PER_WORKER:
+                return {"job": None, "wait": 0.5}
+            fut = asyncio.get_running_loop().create_future()
+            hub.waiters.append(fut)
+            hub.waiting[worker] = hub.waiting.get(worker, 0) + 1
+            try:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(fut, 5.0)
+            finally:
+                hub.waiting[worker] -= 1
+            if self.hubs.get(key) is not hub:
+                break
+        if hub.manager is not None and not hub.manager.done():
+            hub.manager.set_result(None)
+        return STOP
+
+    # -- cluster events ---------------------------------------------------------------------
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        """A worker left: its running trials are lost (retried, or failed after
+        ``max_retries``); its sampler copy, if it comes back at that address, starts anew."""
+        for hub in self.hubs.values():
+            hub.sent.pop(worker, None)
+            if hub.ledger.lost_worker(worker, f"worker {worker} was lost (its process died "
+                                              "or its batch job ended)"):
+                hub.wake()
+
+    def remove_client(self, scheduler: Any, client: str) -> None:
+        """A manager gone without ``hpo_forget`` (killed): drop its studies' ledgers."""
+        for key in [k for k, h in self.hubs.items() if h.client == client]:
+            self.forget(key)
 
 
-def _rebuild(rule: Scheduler, spec: Any, mode: str, records: list) -> Scheduler:
-    """A rule as if the recorded reports had just arrived (``from_records`` when it has one)."""
-    rows = [tuple(r) for r in records]
-    rebuild = getattr(type(rule), "from_records", None)
-    if rebuild is not None:
-        options = dict(spec) if isinstance(spec, dict) else {}
-        options.pop("name", None)
-        return rebuild(rows, mode=mode, **options)
-    last: dict[int, tuple] = {}
-    for trial, step, value, state, _bracket, _budget in rows:
-        if step is not None:
-            rule.on_report(trial, step, value)
-        last[trial] = (state, value)
-    for trial, (state, value) in last.items():
-        if state in ("COMPLETE", "PRUNED", "FAILED"):
-            rule.on_complete(trial, state, value)
-    rule.pop_finished()
-    return rule
-
-
-def _ignore_sigint() -> None:
+# -- the worker side --------------------------------------------------------------------------
+def _ignore_sigint() -> Any:
     """Ctrl-C is the manager's to handle: it records the running trials and closes the
     cluster. Worker processes in the terminal's process group would otherwise die on the
-    same SIGINT, each printing a traceback, before the manager could do so."""
+    same SIGINT, each printing a traceback, before the manager could do so. Returns the
+    handler it replaced (restored at teardown), or ``None`` off the main thread."""
     import signal
-    import threading
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return None
 
 
 def dask_reporter(key: str) -> Callable[[int, int, float], bool]:
@@ -141,20 +255,116 @@ def dask_reporter(key: str) -> Callable[[int, int, float], bool]:
     return report
 
 
+def copy_seed(seed: int | None, worker: str) -> int | None:
+    """A seed of its own for the sampler copy on ``worker`` (``None`` stays ``None``)."""
+    if seed is None:
+        return None
+    digest = hashlib.sha256(f"{seed}:{worker}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+class SamplerCopy:
+    """This worker process's copy of the study's sampler (decentralized asks).
+
+    It learns every trial of every copy from the ledger's history, in order: a trial
+    another copy started (``running``: counted as pending, so the constant liar keeps
+    copies apart), paused at a rung, or finished (``tell``, with the very dict object it
+    was asked or told as running). Deltas arrive on whichever slot's reply carried them,
+    so they are applied by their position, never twice and never out of order.
+    """
+
+    def __init__(self, spec: Any, space: dict, directions: list[str], seed: int | None) -> None:
+        from hpo_mlops.samplers.base import Sampler
+        from hpo_mlops.space import Space
+
+        self.sampler: Sampler = registry.create(registry.SAMPLERS, spec, Sampler)
+        self._space, self._directions, self._seed = Space.from_dict(space), directions, seed
+        self._ready = False
+        self.lock = threading.Lock()
+        self.applied = 0
+        self._buffer: dict[int, list] = {}
+        self._params: dict[int, dict] = {}  # trial -> the dict the sampler knows it by
+        self._proposals: dict[str, dict] = {}  # proposals not yet seen started
+        self._count = 0
+        self.synced = False  # heard the history at least once
+
+    def apply(self, start: int, items: list, worker: str) -> None:
+        with self.lock:
+            self.synced = True
+            self._setup(worker)
+            self._buffer[start] = items
+            while self.applied in self._buffer:
+                chunk = self._buffer.pop(self.applied)
+                for item in chunk:
+                    self._apply(*item)
+                self.applied += len(chunk)
+
+    def _setup(self, worker: str) -> None:
+        if not self._ready:
+            self.sampler.setup(self._space, self._directions, copy_seed(self._seed, worker))
+            self._ready = True
+
+    def _apply(self, kind: str, number: int, params: dict, state: str, values: Any,
+               intermediate: list, budget: Any, origin: str | None) -> None:
+        if kind == "running":
+            mine = self._proposals.pop(origin, None) if origin else None
+            if mine is not None:  # this copy's own proposal: already pending in it
+                self._params[number] = mine
+            elif number not in self._params:  # another copy's (a rerun is known already)
+                self._params[number] = dict(params)
+                running = getattr(self.sampler, "running", None)
+                if running is not None:
+                    running(self._params[number])
+            return
+        own = self._params.get(number)
+        if own is None:
+            own = self._params[number] = dict(params)
+        reports = [tuple(x) for x in intermediate]
+        if kind == "pause":
+            if reports:
+                self.sampler.pause(own, Result(TrialState.PRUNED, values, reports, budget))
+            return
+        self.sampler.tell(own, Result(TrialState(state), values, reports, budget))
+        self._params.pop(number, None)
+
+    def propose(self, worker: str) -> tuple[dict, str] | None:
+        """Ask for the slot's next new trial; ``None`` when the sampler has nothing left.
+        The proposal is this copy's pending trial from now on; the ledger's "running"
+        item with its origin says which trial number it became."""
+        with self.lock:
+            self._setup(worker)
+            asked = self.sampler.ask(1)
+            if not asked:
+                return None
+            self._count += 1
+            origin = f"{worker}#{self._count}"
+            self._proposals[origin] = asked[0]
+            return dict(asked[0]), origin
+
+
 class StudyPlugin(WorkerPlugin):
-    """Holds a study's objective on each worker and the result of its ``setup()``."""
+    """Holds a study's objective on each worker, the result of its ``setup()`` and, for
+    decentralized asks, the worker process's sampler copy."""
 
     idempotent = False
 
-    def __init__(self, name: str, objective: Callable, setup: Callable[[], Any] | None) -> None:
+    def __init__(self, name: str, objective: Callable, setup: Callable[[], Any] | None,
+                 metrics: list[str], reports: bool, checkpoint_root: str,
+                 copy: dict[str, Any] | None = None) -> None:
         self.name = name
         self.objective = objective
         self.setup_fn = setup
+        self.metrics, self.reports, self.checkpoint_root = metrics, reports, checkpoint_root
+        self.copy_spec = copy
+        self.copy: SamplerCopy | None = None
         self.context: Any = None
         self.setup_error: str | None = None
+        self._sigint: Any = None
 
     def setup(self, worker: Any) -> None:
-        _ignore_sigint()
+        self._sigint = _ignore_sigint()
+        if self.copy_spec is not None:
+            self.copy = SamplerCopy(**self.copy_spec)
         if self.setup_fn is None:
             return
         try:
@@ -164,59 +374,9 @@ class StudyPlugin(WorkerPlugin):
                 traceback.format_exc(limit=-8)
             )
 
+    def teardown(self, worker: Any) -> None:
+        """Give the worker its own Ctrl-C handler back (a user's cluster outlives us)."""
+        import signal
 
-class RuleClient:
-    """The manager's handle on its study's rule inside :class:`PruningPlugin`.
-
-    Rules that neither stop trials nor plan budgets (``fifo``) cost no RPC at all; the
-    others cost one round trip per call (plan and start once per refill, settle once per
-    finished job).
-    """
-
-    def __init__(self, client: Any, key: str, spec: Any, mode: str, rule: Scheduler,
-                 records: list | None = None) -> None:
-        self.client, self.key = client, key
-        cls = type(rule)
-        self.reports, self.plans, self.tracks = cls.needs_reports, cls.plans_budgets, cls.tracks_trials
-        self.budget = rule.budget_for(None)
-        self.remote = self.reports or self.plans or self.tracks
-        self._forgotten, self._summary = False, None
-        if self.remote:
-            client.register_plugin(PruningPlugin())
-            self._call("hpo_register", spec=spec, mode=mode, records=records or None)
-
-    def _call(self, op: str, **kwargs: Any) -> Any:
-        return self.client.sync(getattr(self.client.scheduler, op), key=self.key, **kwargs)
-
-    def plan(self, n: int) -> list[tuple[Any, Any, Any]]:
-        if not self.plans:
-            return [(None, self.budget, None)] * n
-        return [tuple(j) for j in self._call("hpo_plan", n=n)]
-
-    def start(self, jobs: list[tuple[int, Any, Any]]) -> None:
-        if self.remote and jobs:
-            self._call("hpo_start", jobs=jobs)
-
-    def settle(self, trials: list[int]) -> tuple[dict[int, str], dict[int, dict]]:
-        if not self.tracks:
-            return {}, {}
-        out = self._call("hpo_settle", trials=trials)
-        return ({int(t): s for t, s in out["finished"]},
-                {int(t): i for t, i in out["info"].items()})
-
-    def end_new(self) -> None:
-        if self.plans:
-            self._call("hpo_end_new")
-
-    def summary(self) -> dict | None:
-        """The rule's budget summary; then the plugin forgets the study."""
-        self.forget()
-        return self._summary
-
-    def forget(self) -> None:
-        """Drop the study's rule; its trials still running get "stop" at their next report."""
-        if self.remote and not self._forgotten:
-            with contextlib.suppress(Exception):
-                self._summary = (self._call("hpo_info") or {}).get("summary")
-                self._call("hpo_forget")
-            self._forgotten = True
+        if self._sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._sigint)

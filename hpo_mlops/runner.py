@@ -1,9 +1,9 @@
-"""What runs inside a Dask task: one trial of a study, start to end.
+"""What runs on a worker: a study's slot, pulling trials and running each start to end.
 
 It never raises for a problem of the trial itself: every outcome (complete, pruned,
-failed with the error and the tail of its traceback) comes back as a plain dict, so the
-manager records it and goes on. Only the loss of the worker reaches the manager as an
-exception (Dask's KilledWorker), and the manager records that too.
+failed with the error and the tail of its traceback) is a plain dict that the slot hands to
+the study's ledger, which records it and goes on. The loss of the worker is the ledger's to
+see too (the scheduler plugin's ``remove_worker``): the trial is retried or failed there.
 """
 
 from __future__ import annotations
@@ -21,24 +21,58 @@ from hpo_mlops.trial import Trial, TrialPruned
 ENV_TAGS = ("SLURM_JOB_ID", "PBS_JOBID", "JOB_ID", "LSB_JOBID", "CUDA_VISIBLE_DEVICES")
 
 
-def run_trial(plugin_name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one trial on this worker; ``spec`` is what the manager decided about it."""
+def run_slot(plugin_name: str, key: str) -> str:
+    """One slot of a study: pull a job, run it, hand in its outcome with the next pull.
+
+    A long-lived task per worker thread, instead of one Dask task per trial: a trial costs
+    one round trip to the scheduler's ledger (``hpo_next``: outcome in, next job out)
+    rather than a submit, a gather and a tell. With decentralized asks, this worker's own
+    sampler copy proposes the next new trial's params before the call, so they travel in
+    the same round trip. A worker that is closing (its lifetime is up) takes no new job.
+    Returns why it stopped.
+    """
     from distributed import get_worker
+    from distributed.core import Status
+    from distributed.utils import sync
 
     from hpo_mlops.dask_plugin import dask_reporter
 
     worker = get_worker()
     plugin = worker.plugins[plugin_name]
-    reporter = dask_reporter(spec["key"]) if spec.get("reports") else None
-    out = _execute(plugin.objective, spec, reporter, plugin.context, plugin.setup_error)
-    out["worker"] = worker.address
-    if reporter is not None:
-        from distributed.utils import sync
-
-        last = out["values"][0] if out["values"] else None
-        sync(worker.loop, worker.scheduler.hpo_complete,
-             key=spec["key"], trial=spec["number"], state=out["state"], value=last)
-    return out
+    reporter = dask_reporter(key) if plugin.reports else None
+    address = worker.address
+    done: dict[str, Any] | None = None
+    proposal: tuple[dict, str] | None = None
+    copy = plugin.copy
+    while True:
+        closing = worker.status != Status.running
+        if copy is not None and copy.synced and proposal is None and not closing:
+            proposal = copy.propose(address)
+            if proposal is None:  # the sampler has nothing left: no new trials
+                sync(worker.loop, worker.scheduler.hpo_end_new, key=key)
+        reply = sync(worker.loop, worker.scheduler.hpo_next, key=key, worker=address,
+                     done=done, stop=closing, proposal=proposal and proposal[0],
+                     origin=proposal and proposal[1])
+        done = None
+        if reply.get("used"):
+            proposal = None
+        if reply.get("history") is not None and copy is not None:
+            copy.apply(reply["start"], reply["history"], address)
+        job = reply.get("job")
+        if job is None:
+            if reply.get("propose") and not closing:
+                continue
+            if reply.get("wait") and not closing:
+                time.sleep(reply["wait"])
+                continue
+            return "closing" if closing else "done"
+        params = job["params"]
+        spec = {"number": job["number"], "params": params, "budget": job["budget"],
+                "metrics": plugin.metrics, "attempt": job["attempt"],
+                "checkpoint_dir": os.path.join(plugin.checkpoint_root, f"trial-{job['number']}")}
+        out = _execute(plugin.objective, spec, reporter, plugin.context, plugin.setup_error)
+        out["worker"], out["params"] = address, params
+        done = out
 
 
 def _execute(objective: Any, spec: dict[str, Any], reporter: Any, context: Any,

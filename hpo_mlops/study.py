@@ -2,7 +2,9 @@
 
 ``Study.optimize`` hands the work to the manager loop (:mod:`hpo_mlops.manager`);
 everything tool-specific lives behind the sampler, scheduler, cluster and tracker
-interfaces.
+interfaces. The trials' state is owned by the study run's ledger (:mod:`hpo_mlops.ledger`);
+the study keeps its view of them in a :class:`~hpo_mlops.trials.TrialTable` rebuilt from
+the ledger's events, and subscribes its sampler, MLflow writer and best-so-far to it.
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ from typing import Any
 from hpo_mlops import registry
 from hpo_mlops.cluster import connect
 from hpo_mlops.errors import ConfigError
-from hpo_mlops.manager import Run
+from hpo_mlops.ledger import FINISHED, INTERRUPTED, PAUSED
+from hpo_mlops.manager import ASKS, Run
 from hpo_mlops.objective import make_objective
 from hpo_mlops.results import TrialRecord, TrialState, is_number
 from hpo_mlops.samplers.base import Sampler, split_seed
 from hpo_mlops.schedulers.base import Scheduler
 from hpo_mlops.space import Space
 from hpo_mlops.tracking import Tracker
+from hpo_mlops.trials import Subscriber, TrialTable
 
 _DIRECTIONS = {"min": "minimize", "max": "maximize"}
+#: the rule's exact state on the study run (saved as the study goes and at close)
+RULE_STATE = "hpo/scheduler_state.json"
 
 
 def _as_list(x: str | Sequence[str], what: str) -> list[str]:
@@ -71,6 +77,7 @@ class Study:
             )
         self.modes = modes
         sampler, seed = split_seed(sampler, seed)
+        self.sampler_spec = sampler
         self.sampler: Sampler = registry.create(registry.SAMPLERS, sampler, Sampler)
         self.sampler.setup(self.space, [_DIRECTIONS[m] for m in modes], seed)
         if isinstance(scheduler, Scheduler):
@@ -91,11 +98,16 @@ class Study:
         self._id = uuid.uuid4().hex[:8]  # names this object's checkpoints when not tracked
         self._opened = False
         self._loaded = False
-        self._trials: dict[int, TrialRecord] = {}
-        self._rerun: list[TrialRecord] = []
-        self._paused: dict[int, TrialRecord] = {}  # waiting at a rung (synchronous SHA)
+        #: every trial of the study known here, rebuilt from the ledger's events
+        self.table = TrialTable()
+        self._central = True  # whether the sampler here asks (else: copies on the workers)
+        self._asked: dict[str, dict] = {}  # asked ahead, not yet started
+        # trial -> the dict the sampler asked for it (kept, as the sampler may key on its id)
+        self._own: dict[int, dict] = {}
+        self._n_asked = 0
         self._best: TrialRecord | None = None
         self.budget_summary: dict[str, Any] | None = None
+        self.table.subscribe(self._on_event)
 
     @classmethod
     def from_config(cls, cfg: Any, resume: bool | None = None) -> Study:
@@ -111,7 +123,14 @@ class Study:
     def trials(self) -> list[TrialRecord]:
         """Every finished trial, by number (an earlier run's trials included)."""
         self._load()
-        return [self._trials[n] for n in sorted(self._trials)]
+        return self.table.finished()
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        """Call ``fn(kind, trial)`` as trials change while the study runs: kind is
+        ``"started"``, ``"paused"`` (waiting at a rung), ``"finished"``, ``"interrupted"``
+        or ``"retried"`` (its worker was lost). Called in the manager's thread, in order;
+        returns a function that unsubscribes."""
+        return self.table.subscribe(fn)
 
     @property
     def run_id(self) -> str | None:
@@ -216,6 +235,7 @@ class Study:
         queue_per_worker: int = 1,
         max_retries: int = 3,
         checkpoint_dir: str | None = None,
+        asks: str = "auto",
     ) -> Study:
         """Run trials until ``n_trials`` (in total) are finished or ``timeout`` seconds passed.
 
@@ -229,6 +249,10 @@ class Study:
         ``checkpoint_dir`` is where ``trial.save``/``trial.load`` keep each trial's state
         between its jobs (a promoted trial resumes from it), in a folder per study run (a
         resumed study finds its own, another study never does); on HPC give a shared path.
+        ``asks``: ``"workers"`` runs a copy of the sampler in every worker process, each
+        asking for its own slots over the shared history (a sampler must be ``replicable``);
+        ``"central"`` asks here, a few configurations ahead of the slots; ``"auto"`` (the
+        default) picks ``"workers"`` where the sampler allows it (see docs/design.md).
         """
         _check_positive(n_trials=n_trials, max_concurrent=max_concurrent, n_workers=n_workers)
         if timeout is not None and not (is_number(timeout) and timeout > 0):
@@ -240,10 +264,12 @@ class Study:
         if n_trials is None and timeout is None and not hasattr(self.sampler, "size"):
             raise ConfigError("give n_trials or timeout (or both): nothing else ends the study")
         fn = make_objective(objective, self.metrics[0])
+        self.asks_centrally(asks)  # refuse a bad value before anything starts
         self._open()
         with connect(client, address, cluster, n_workers) as dask_client:
             run = Run(self, dask_client, fn, setup, n_trials, timeout, max_concurrent,
-                       max_failures, resources, queue_per_worker, max_retries, checkpoint_dir)
+                      max_failures, resources, queue_per_worker, max_retries, checkpoint_dir,
+                      asks)
             run.execute()
         return self
 
@@ -274,46 +300,114 @@ class Study:
         self._tracker.open_study(self.name, params, self.space.to_json(), self.resume)
         self._opened = True
 
-    def _scheduler_records(self) -> list[tuple]:
-        """Every recorded report as (trial, step, value, state, bracket, job budget) rows, so
-        a resumed study's rule prunes as if it had never stopped."""
-        rows: list[tuple] = []
-        for rec in [*self._trials.values(), *self._paused.values(), *self._rerun]:
-            state = "RUNNING" if rec.state is TrialState.PAUSED else rec.state.value
-            bracket = rec.tags.get("hpo.bracket")
-            bracket = int(bracket) if bracket not in (None, "None") else None
-            reports = iter(rec.intermediate)
-            for budget, n in rec.jobs:
-                job = [next(reports) for _ in range(n)]
-                rows += [(rec.number, s, v, state, bracket, budget) for s, v in job]
-                if not job:
-                    rows.append((rec.number, None, rec.value, state, bracket, budget))
-            rows += [(rec.number, s, v, state, bracket, None) for s, v in reports]
-            if rec.state is TrialState.INTERRUPTED:  # its unfinished job, at its budget
-                rows.append((rec.number, None, None, state, bracket, rec.budget))
-        return rows
-
     def _tell(self, rec: TrialRecord) -> None:
         """Tell the sampler a trial's outcome, or, while it waits at a rung, pause it there
         with what ``tell`` would say if the rung stopped it: PRUNED, its reports so far."""
+        params = self._own.get(rec.number, rec.params)
         if rec.state is not TrialState.PAUSED:
-            self.sampler.tell(rec.params, rec.to_result())
+            self.sampler.tell(params, rec.to_result())
         elif rec.intermediate:
-            self.sampler.pause(rec.params, replace(rec.to_result(), state=TrialState.PRUNED))
+            self.sampler.pause(params, replace(rec.to_result(), state=TrialState.PRUNED))
 
     def _absorb(self, previous: list[TrialRecord]) -> None:
         for rec in previous:
-            if rec.state.finished:
-                if rec.values is None and rec.state is not TrialState.FAILED:
-                    rec.values = [rec.metrics.get(m) for m in self.metrics]
-                self._trials[rec.number] = rec
+            if rec.state.finished and rec.values is None and rec.state is not TrialState.FAILED:
+                rec.values = [rec.metrics.get(m) for m in self.metrics]
+        self.table.load(previous)
+        for rec in previous:
+            if rec.state.finished or rec.state is TrialState.PAUSED:
                 self._tell(rec)
                 self._update_best(rec, log=False)
-            elif rec.state is TrialState.PAUSED:
-                self._paused[rec.number] = rec
-                self._tell(rec)
-            else:
-                self._rerun.append(rec)
+
+    def _on_event(self, kind: str, rec: TrialRecord) -> None:
+        """The study's own subscribers: its sampler (central asks), MLflow, the best."""
+        if kind not in (PAUSED, FINISHED, INTERRUPTED):
+            return
+        if self._central and kind != INTERRUPTED:
+            self._tell(rec)
+        if self._tracker is not None:
+            self._tracker.log_trial(rec, self.metrics)
+        if kind == FINISHED:
+            self._update_best(rec)
+
+    # -- what the manager loop asks of the study --------------------------------------------
+    def asks_centrally(self, asks: str) -> bool:
+        """Whether this run asks here (``"central"``) or on the workers; checks ``asks``."""
+        if asks not in ASKS:
+            raise ConfigError(f"asks: must be one of {', '.join(ASKS)}, got {asks!r}")
+        replicable = (getattr(self.sampler, "replicable", False)
+                      and not isinstance(self.sampler_spec, Sampler))
+        if asks == "workers" and not replicable:
+            why = ("a sampler given as an object cannot be copied to the workers; give its "
+                   "name" if isinstance(self.sampler_spec, Sampler) else
+                   f"sampler {self.sampler.name!r} asks centrally (it is not replicable)")
+            raise ConfigError(f"asks='workers': {why}; use asks='central' or 'auto'")
+        self._central = asks == "central" or not replicable
+        return self._central
+
+    def ask_ahead(self, n: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """``n`` configurations from the sampler for the ledger's queue, and their names.
+
+        The sampler is told with the very dict it asked (its contract), so each is kept
+        here until the ledger says which trial it became (:meth:`bind_asked`)."""
+        params = self.sampler.ask(n)
+        origins = []
+        for p in params:
+            self._n_asked += 1
+            origin = f"central#{self._n_asked}"
+            self._asked[origin] = p
+            origins.append(origin)
+        return [dict(p) for p in params], origins
+
+    def bind_asked(self, events: list[list[Any]]) -> None:
+        """New trials in these events get the dict the sampler asked for them."""
+        for _kind, number, _, origin in events:
+            if origin is not None and origin in self._asked:
+                self._own[number] = self._asked.pop(origin)
+
+    def copy_spec(self) -> dict[str, Any]:
+        """What a worker needs to build its own copy of the sampler."""
+        return {"spec": self.sampler_spec, "space": self.space.to_dict(),
+                "directions": [_DIRECTIONS[m] for m in self.modes], "seed": self.seed}
+
+    @property
+    def rule_class(self) -> type[Scheduler]:
+        return type(self._scheduler_rule)
+
+    def checkpoint_name(self) -> str:
+        """The folder of this study run's checkpoints (below the checkpoint root)."""
+        return f"{self.name}-{self.run_id or self._id}"
+
+    def saved_rule_state(self) -> dict[str, Any] | None:
+        """The rule's exact state as the study run last saved it (resume), if any."""
+        if self._tracker is None or self._tracker.parent_run_id is None:
+            return None
+        from hpo_mlops.artifacts import load_json
+
+        return load_json(self._tracker, RULE_STATE)
+
+    def save_rule_state(self, state: dict[str, Any] | None) -> None:
+        if state is not None and self._tracker is not None:
+            from hpo_mlops.artifacts import save_json
+
+            save_json(self._tracker, RULE_STATE, state)
+
+    def log_study(self, metrics: dict[str, float], tags: dict[str, str]) -> None:
+        if self._tracker is not None:
+            self._tracker.log_study_metrics(metrics, tags)
+
+    def close_run(self, status: str, summary: dict[str, Any] | None,
+                  rule_state: dict[str, Any] | None) -> None:
+        """The end of an ``optimize`` call: the budget summary, the rule's state, MLflow."""
+        self.budget_summary = summary
+        if self._tracker is None:
+            return
+        summary = summary or {}
+        self.log_study({k: v for k, v in summary.items() if is_number(v)},
+                       {f"hpo.{k}": json.dumps(v) for k, v in summary.items()
+                        if isinstance(v, dict)})
+        self.save_rule_state(rule_state)
+        self._tracker.close(status)
 
     def _update_best(self, rec: TrialRecord, log: bool = True) -> None:
         if rec.state is not TrialState.COMPLETE or len(self.metrics) > 1 or rec.value is None:
@@ -322,10 +416,11 @@ class Study:
         if self._best is None or sign * rec.value < sign * self._best.value:
             self._best = rec
             if log and self._tracker is not None:
-                self._tracker.log_best(rec, self.metrics, len(self._trials))
+                self._tracker.log_best(rec, self.metrics, len(self.table.finished()))
 
     def __repr__(self) -> str:
-        return f"Study(name={self.name!r}, trials={len(self._trials)}, sampler={self.sampler.name!r})"
+        return (f"Study(name={self.name!r}, trials={len(self.table.finished())}, "
+                f"sampler={self.sampler.name!r})")
 
 
 def _check_positive(**values: Any) -> None:

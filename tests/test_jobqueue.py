@@ -209,7 +209,7 @@ def test_a_trial_that_keeps_losing_its_worker_fails_after_max_retries(mlflow_uri
     (trial,) = study.trials
     assert trial.state is TrialState.FAILED and trial.attempts == 2
     assert trial.error.startswith("worker lost 2 time(s), more than max_retries=1; "
-                                  "last: KilledWorker")
+                                  "last: worker tcp://")
     assert len(trial.tags["hpo.lost_workers"].split(",")) == 2
     _, runs = runs_of(mlflow_uri, "retry-fail")
     assert runs[0].data.tags["hpo.attempts"] == "2" and runs[0].info.status == "FAILED"

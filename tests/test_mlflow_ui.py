@@ -102,7 +102,7 @@ def test_rest_api_shows_the_study_run_and_its_nested_trials(server):
     for n, run in trials.items():
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
-        rec = study._trials[n]
+        rec = study.table.records[n]
         assert set(params) == set(SPACE) and params["act"] == rec.params["act"]
         assert float(params["x"]) == pytest.approx(rec.params["x"])
         assert metrics["loss"] == pytest.approx(rec.value) and metrics["aux"] == 1.0
@@ -129,7 +129,7 @@ def screenshot(url: str, png: Path, profile: Path) -> str:
 def test_chromium_renders_the_experiment_and_the_trials_side_by_side(server):
     base, study, d = server
     exp = api(base, "experiments/get-by-name?experiment_name=ui-study")["experiment"]
-    ids = [study._trials[n].run_id for n in sorted(study._trials)]
+    ids = [t.run_id for t in study.trials]
     pages = {
         # the experiment's runs: the study run (its trials nested under it)
         "experiment": f"{base}/#/experiments/{exp['experiment_id']}/runs",
