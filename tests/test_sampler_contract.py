@@ -13,7 +13,17 @@ file. What it pins down is what the study loop relies on:
 - the seed fixes the sequence;
 - conditional and multi-objective studies work exactly when the capability flags say
   so, and are refused with an :class:`UnsupportedSpaceError` naming the sampler otherwise;
-- samplers that model the objective keep parallel asks apart and beat random search.
+- samplers that model the objective keep parallel asks apart and beat random search;
+- a resumed seeded sampler goes on where it stopped: a study run as 10 + 10 trials has
+  20 distinct configurations (for most samplers the 20 of one uninterrupted run);
+- replicable samplers (``replicable = True``) can run as copies, one per worker: a trial
+  another copy proposed is told with ``running`` and counts as pending, and two copies
+  that share their history still beat random search.
+
+What a sampler does with what it is told is read from its history where it has one to
+read (the Optuna adapters' study, Hyperopt's ``Trials``, see ``history``); the samplers
+that learn nothing (random, grid, the third-party one) must ask exactly what an untold
+copy asks.
 
 A sampler whose optional dependency is missing (``cmaes`` needs the ``cmaes`` package,
 ``gp`` needs ``torch``) raises :class:`ImportError` when created and is skipped here.
@@ -26,6 +36,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -36,7 +47,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pytest
+from hpo_mlops_hyperopt import HyperoptSampler
+from hpo_mlops_optuna import OptunaSampler
+from hyperopt.base import JOB_STATE_CANCEL, JOB_STATE_DONE, JOB_STATE_NEW, STATUS_OK
 
 from hpo_mlops import registry
 from hpo_mlops.errors import UnsupportedSpaceError
@@ -117,6 +132,16 @@ LEARNERS = {"tpe", "gp", "cmaes", "hyperopt.tpe"}
 FINITE_ONLY = {"grid"}
 #: seconds per ask rather than milliseconds: deselect with -m "not slow"
 SLOW = {"gp"}
+#: samplers that learn nothing from results: told or not, they ask the same
+MODEL_FREE = {"random", "grid", THIRD_PARTY}
+#: samplers that declare ``replicable = True`` (one copy per worker, shared history)
+REPLICABLE = {"random", "tpe", "optuna.random", "hyperopt.tpe", "hyperopt.anneal", "hyperopt.rand"}
+#: resumed as 10 + 10 trials they propose exactly the 20 of one uninterrupted run; the
+#: Optuna samplers but qmc reseed from the number of recorded trials instead (20
+#: distinct, not the same 20): their generators cannot be moved on from outside
+RESUME_EXACT = {
+    "random", "grid", "qmc", "hyperopt.tpe", "hyperopt.anneal", "hyperopt.rand", THIRD_PARTY
+}
 
 NAMES = sorted(set(registry.names(registry.SAMPLERS)) | {THIRD_PARTY})
 
@@ -127,6 +152,11 @@ def _params(names: list[str]) -> list[Any]:
 
 ALL = _params(NAMES)
 LEARNING = _params([n for n in NAMES if n in LEARNERS])
+REPLICAS = _params([n for n in NAMES if n in REPLICABLE])
+#: replicable samplers that keep pending trials apart (the built-in random search does not,
+#: neither for its own asks nor for running ones: its repeats are chance, as for one copy)
+REPLICAS_APART = _params([n for n in NAMES if n in REPLICABLE - {"random"}])
+REPLICA_LEARNERS = _params([n for n in NAMES if n in REPLICABLE & LEARNERS])
 
 PLAIN = (int, float, str, bool, type(None))
 MINIMIZE = ["minimize"]
@@ -232,6 +262,58 @@ def assert_valid(space: Space, params: Any) -> None:
             )
 
 
+Observation = tuple[str, tuple[float, ...] | None]
+
+
+def history(sampler: Sampler) -> list[Observation] | None:
+    """What the sampler holds, as (state, values) per trial, for samplers with a history.
+
+    States are ours: COMPLETE / PRUNED / FAILED for observations, RUNNING for points it
+    counts as pending; a trial that is no observation (INTERRUPTED: Hyperopt cancels its
+    doc) is left out. ``None`` for samplers without a readable history.
+    """
+    if isinstance(sampler, OptunaSampler):
+        names = {"FAIL": "FAILED"}
+        return [
+            (names.get(t.state.name, t.state.name), None if t.values is None else tuple(t.values))
+            for t in sampler.study.get_trials(deepcopy=False)
+        ]
+    if isinstance(sampler, HyperoptSampler):
+        sign = -1.0 if sampler.directions[0] == "maximize" else 1.0
+        out: list[Observation] = []
+        for doc in sampler.trials.trials:
+            result = doc["result"]
+            if doc["state"] == JOB_STATE_CANCEL:
+                continue
+            if doc["state"] == JOB_STATE_NEW:
+                out.append(("RUNNING", None))
+            elif doc["state"] == JOB_STATE_DONE and result["status"] == STATUS_OK:
+                state = "PRUNED" if result.get("pruned") else "COMPLETE"
+                out.append((state, (sign * result["loss"],)))
+            else:
+                out.append(("FAILED", None))
+        return out
+    return None
+
+
+def told(state: str, history_: list[Observation]) -> list[tuple[float, ...] | None]:
+    """The values of the observations in ``state``, sorted (tell order is no contract)."""
+    return sorted((v for s, v in history_ if s == state), key=repr)
+
+
+def untold_twin_asks(name: str, make: Callable[..., Sampler], space: Space, sizes: list[int],
+                     **kwargs: Any) -> list[dict]:
+    """What a fresh copy asks, told nothing, in batches of ``sizes``: what a sampler that
+    learns nothing must ask whatever it was told."""
+    twin = make(name, space, **kwargs)
+    return [dict(p) for n in sizes for p in twin.ask(n)]
+
+
+def _point(params: dict[str, Any]) -> str:
+    """A configuration as a hashable key that tells ``1``, ``1.0`` and ``True`` apart."""
+    return repr(sorted((k, type(v).__name__, v) for k, v in params.items()))
+
+
 def run_sequential(sampler: Sampler, n: int, f: Callable[[dict], float] = loss) -> list[dict]:
     """The study loop with one worker: ask one, tell it, repeat."""
     seen = []
@@ -283,18 +365,33 @@ def test_describe_names_the_sampler(make: Callable[..., Sampler], name: str) -> 
 
 @pytest.mark.parametrize("name", ALL)
 def test_tell_complete_pruned_failed(make: Callable[..., Sampler], name: str) -> None:
+    """Each outcome is taken as what it is: COMPLETE with its value, PRUNED with its last
+    report, FAILED as no value; none of them stays pending."""
     space = space_for(name)
     sampler = make(name, space)
+    asked, complete, pruned = [], [], []
     for _ in range(3):  # several rounds, so samplers past their start-up phase see them too
-        a, b, c = sampler.ask(3)
+        a, b, c = batch = sampler.ask(3)
+        asked += [dict(p) for p in batch]
         # told out of order, as futures finish
         sampler.tell(c, Result(TrialState.FAILED))
         sampler.tell(a, Result(TrialState.COMPLETE, [loss(a)], budget=9.0))
         sampler.tell(
             b, Result(TrialState.PRUNED, [loss(b) + 1], intermediate=[(1, 5.0), (3, loss(b) + 1)])
         )
-    for params in sampler.ask(2):
+        complete.append((loss(a),))
+        pruned.append((loss(b) + 1,))
+    last = sampler.ask(2)
+    for params in last:
         assert_valid(space, params)
+    held = history(sampler)
+    if held is not None:
+        assert told("COMPLETE", held) == sorted(complete, key=repr), held
+        assert told("PRUNED", held) == sorted(pruned, key=repr), held
+        assert told("FAILED", held) == [None] * 3, held
+        assert told("RUNNING", held) == [None] * len(last), "only the last asks are pending"
+    elif name in MODEL_FREE:
+        assert asked + last == untold_twin_asks(name, make, space, [3, 3, 3, 2])
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -303,20 +400,33 @@ def test_tell_recorded_trials_on_resume(make: Callable[..., Sampler], name: str)
     space = space_for(name)
     sampler = make(name, space)
     rng = np.random.default_rng(3)
+    recorded, expected = [], {"COMPLETE": [], "PRUNED": [], "FAILED": []}
     for i in range(12):
         params = space.sample(rng)
         if i % 4 == 3:
             result = Result(TrialState.FAILED)
+            expected["FAILED"].append(None)
         elif i % 4 == 2:
             result = Result(TrialState.PRUNED, [loss(params)], intermediate=[(1, loss(params))])
+            expected["PRUNED"].append((loss(params),))
         else:
             result = Result(TrialState.COMPLETE, [loss(params)])
+            expected["COMPLETE"].append((loss(params),))
+        recorded.append(params)
         sampler.tell(params, result)
     batch = sampler.ask(3)
     assert batch
     for params in batch:
         assert_valid(space, params)
         sampler.tell(params, Result(TrialState.COMPLETE, [loss(params)]))
+        expected["COMPLETE"].append((loss(params),))
+    held = history(sampler)
+    if held is not None:  # every recorded trial is one observation, with its outcome
+        for state, values in expected.items():
+            assert told(state, held) == sorted(values, key=repr), (state, held)
+        assert told("RUNNING", held) == []
+    if name in FINITE_ONLY:
+        assert not [p for p in batch if p in recorded], "a recorded point is not visited again"
 
 
 def _pruned(params: dict[str, Any], steps: list[int]) -> Result:
@@ -327,23 +437,47 @@ def _pruned(params: dict[str, Any], steps: list[int]) -> Result:
 def test_pause_at_rungs_then_tell_once(make: Callable[..., Sampler], name: str) -> None:
     """Synchronous SHA / Hyperband pause a trial at each rung it reaches (maybe in an earlier
     run: resume), then tell its outcome once; asks go on between them."""
+    """The outcome told once is one observation: pauses before it add none of their own
+    as COMPLETE, and a trial's final PRUNED is its last rung's value (a sampler that
+    learns from pruned trials may also hold the earlier rungs, as BOHB does)."""
     space = space_for(name)
     sampler = make(name, space)
+    asked, complete, stopped_values = [], [], []
+    earlier = space.sample(np.random.default_rng(1))  # paused when a run stopped
     for _ in range(4):
         stopped, promoted, *_ = batch = sampler.ask(3)
+        asked += [dict(p) for p in batch]
         for params in batch:
             sampler.pause(params, _pruned(params, [1]))
-        for params in sampler.ask(1):
+        between = sampler.ask(1)
+        asked += [dict(p) for p in between]
+        for params in between:
             assert_valid(space, params)
         sampler.pause(promoted, _pruned(promoted, [1, 3]))
         sampler.tell(stopped, _pruned(stopped, [1]))
         sampler.tell(promoted, Result(TrialState.COMPLETE, [loss(promoted)], budget=9.0,
                                       intermediate=[(s, loss(promoted)) for s in (1, 3, 9)]))
-        earlier = space.sample(np.random.default_rng(1))  # paused when a run stopped
-        sampler.pause(earlier, _pruned(earlier, [1]))
-        sampler.tell(earlier, Result(TrialState.COMPLETE, [loss(earlier)]))
-    for params in sampler.ask(2):
+        recorded = dict(earlier)  # a new dict each round, as a resumed study loads it
+        sampler.pause(recorded, _pruned(recorded, [1]))
+        sampler.tell(recorded, Result(TrialState.COMPLETE, [loss(recorded)]))
+        complete += [(loss(promoted),), (loss(earlier),)]
+        stopped_values.append((loss(stopped),))
+    last = sampler.ask(2)
+    asked += [dict(p) for p in last]
+    for params in last:
         assert_valid(space, params)
+    held = history(sampler)
+    if held is not None:
+        assert told("COMPLETE", held) == sorted(complete, key=repr), held
+        pruned = told("PRUNED", held)
+        assert all(v in pruned for v in stopped_values), held
+    elif name in FINITE_ONLY:  # every point it heard of, paused ones included, is taken
+        keys = [_point(p) for p in asked]
+        assert len(set(keys)) == len(keys), "a grid point was handed out twice"
+        # round 1's four asks came before the grid heard of the paused recorded point
+        assert _point(earlier) not in keys[4:], "the grid handed out a paused point again"
+    elif name in MODEL_FREE:
+        assert asked == untold_twin_asks(name, make, space, [3, 1] * 4 + [2])
 
 
 #: samplers that model pruned trials, so a paused trial must steer their next asks
@@ -447,6 +581,7 @@ def test_multi_objective(make: Callable[..., Sampler], name: str) -> None:
         assert name in str(info.value)
         return
     sampler = make(name, space, directions)
+    complete = []
     for _ in range(4):
         batch = sampler.ask(3)
         for params in batch:
@@ -455,11 +590,21 @@ def test_multi_objective(make: Callable[..., Sampler], name: str) -> None:
         sampler.tell(a, Result(TrialState.COMPLETE, [loss(a), float(a["n"])]))
         sampler.tell(b, Result(TrialState.PRUNED))
         sampler.tell(c, Result(TrialState.FAILED))
+        complete.append((loss(a), float(a["n"])))
     rng = np.random.default_rng(0)
     recorded = space.sample(rng)
     sampler.tell(recorded, Result(TrialState.COMPLETE, [loss(recorded), 1.0]))
+    complete.append((loss(recorded), 1.0))
     for params in sampler.ask(2):
         assert_valid(space, params)
+    held = history(sampler)
+    if held is not None:  # one value per objective, in the metrics' order
+        assert told("COMPLETE", held) == sorted(complete, key=repr), held
+    if isinstance(sampler, OptunaSampler):
+        assert sampler.study.directions == [
+            optuna.study.StudyDirection.MINIMIZE,
+            optuna.study.StudyDirection.MAXIMIZE,
+        ]
 
 
 def _best_of(sampler: Sampler, n: int) -> float:
@@ -481,6 +626,200 @@ def test_learners_beat_random_search(make: Callable[..., Sampler], name: str) ->
     budget, runs = (20, 3) if name == "gp" else (40, 7)
     random_best = [_best_of(make("random", space, seed=s), budget) for s in range(21)]
     bests = [_best_of(make(name, space, seed=s), budget) for s in range(runs)]
+    assert statistics.median(bests) < statistics.median(random_best) / 5, (
+        bests,
+        statistics.median(random_best),
+    )
+
+
+# -- resume: a seeded sampler goes on where it stopped ----------------------------------------
+
+#: continuous, so that distinct configurations are distinct draws, not grid coincidences
+RESUME_SPACE = Space.from_dict(
+    {
+        "x": "uniform(-5, 5)",
+        "lr": "loguniform(1e-4, 1e-1)",
+        "z": "normal(0, 1)",
+        "n": "randint(1, 8)",
+        "act": "choices(['relu', 'tanh'])",
+    }
+)
+#: 33 points, more than the 20 of the test
+RESUME_GRID = Space.from_dict({"x": "uniform(-5, 5, q=1)", "act": "choices(['relu', 'tanh', 'elu'])"})
+
+
+def _resume_loss(params: dict[str, Any]) -> float:
+    return float((params["x"] - 2) ** 2 + 0.1 * params.get("n", 0))
+
+
+@pytest.mark.parametrize("paused_last", [False, True], ids=["told", "one-paused"])
+@pytest.mark.parametrize("name", ALL)
+def test_resumed_seeded_sampler_goes_on_where_it_stopped(
+    make: Callable[..., Sampler], name: str, paused_last: bool
+) -> None:
+    """A seeded study run as 10 + 10 trials has 20 distinct configurations.
+
+    The second run does what a resumed study does: a new sampler, the same seed, every
+    recorded trial told (as a dict it never handed out; one trial that waited at a rung
+    paused instead) before it asks. Samplers in RESUME_EXACT also propose exactly the 20
+    of one uninterrupted run (for trials that were all told); the third-party sampler
+    proposes one point forever by design, so it is held to that, exactly.
+    """
+    space = RESUME_GRID if name in FINITE_ONLY else RESUME_SPACE
+    whole = run_sequential(make(name, space, seed=5), 20, _resume_loss)
+    first = run_sequential(make(name, space, seed=5), 10, _resume_loss)
+    resumed = make(name, space, seed=5)
+    for i, params in enumerate(first):
+        recorded = dict(params)  # loaded from the tracking store: never handed out
+        result = Result(TrialState.COMPLETE, [_resume_loss(params)])
+        if paused_last and i == len(first) - 1:
+            resumed.pause(recorded, _pruned(recorded, [1]))
+        else:
+            resumed.tell(recorded, result)
+    second = run_sequential(resumed, 10, _resume_loss)
+    both = first + second
+    assert first == whole[:10], "the seed fixes the first run"
+    if name == THIRD_PARTY:
+        assert both == whole
+        return
+    repeated = [p for p in second if p in first]
+    assert len({_point(p) for p in both}) == 20, f"proposed again after resume: {repeated}"
+    if name in RESUME_EXACT and not paused_last:
+        assert both == whole, "10 + 10 trials must be the 20 of one run"
+
+
+# -- replicas: one copy per worker, told every copy's trials ---------------------------------
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_replicable_is_declared_by_each_sampler(name: str) -> None:
+    """Only samplers that search as well in copies say so; the default is a central sampler."""
+    cls = sampler_class(name)
+    assert cls.replicable is (name in REPLICABLE), cls
+    if name == THIRD_PARTY:  # says nothing, so it keeps the safe default
+        assert "replicable" not in vars(cls) and Sampler.replicable is False
+
+
+def _replica_results(params: dict[str, Any]) -> list[Result]:
+    return [
+        Result(TrialState.COMPLETE, [_resume_loss(params)]),
+        Result(TrialState.PRUNED, [_resume_loss(params) + 1],
+               intermediate=[(1, 9.0), (3, _resume_loss(params) + 1)]),
+        Result(TrialState.FAILED),
+        Result(TrialState.INTERRUPTED),  # what the core tells when the trial never ends
+    ]
+
+
+@pytest.mark.parametrize("name", REPLICAS)
+def test_running_then_tell_is_observed_once(make: Callable[..., Sampler], name: str) -> None:
+    """``running(p)`` counts a trial another copy proposed as pending, as if ``ask`` had
+    returned ``p``; ``tell(p, ...)`` (and ``pause``) with that dict then finish it: one
+    observation with its outcome, nothing left pending, INTERRUPTED no observation."""
+    space = RESUME_SPACE
+    sampler = make(name, space, seed=3)
+    other = make(name, space, seed=4)  # the copy that proposed them
+    proposed = [dict(p) for p in other.ask(5)]
+    for params in proposed:
+        sampler.running(params)
+    held = history(sampler)
+    if held is not None:
+        assert told("RUNNING", held) == [None] * 5, held
+    complete, pruned, failed, interrupted = _replica_results(proposed[0])
+    sampler.tell(proposed[0], complete)
+    sampler.tell(proposed[1], _replica_results(proposed[1])[1])
+    sampler.tell(proposed[2], failed)
+    sampler.tell(proposed[3], interrupted)
+    sampler.pause(proposed[4], _pruned(proposed[4], [1]))  # waits at a rung, then is stopped
+    sampler.tell(proposed[4], _pruned(proposed[4], [1]))
+    asked = sampler.ask(3)
+    for params in asked:
+        assert_valid(space, params)
+    held = history(sampler)
+    if held is None:  # random search: told or not, it asks the same
+        assert [dict(p) for p in asked] == untold_twin_asks(name, make, space, [3], seed=3)
+        return
+    assert told("COMPLETE", held) == [(_resume_loss(proposed[0]),)], held
+    assert told("PRUNED", held) == sorted(
+        [(_resume_loss(proposed[1]) + 1,), (loss(proposed[4]),)], key=repr
+    ), held
+    # INTERRUPTED is no observation: Hyperopt cancels the doc, Optuna marks the trial FAIL,
+    # which no Optuna sampler reads (as for FAILED)
+    n_fail = 2 if isinstance(sampler, OptunaSampler) else 1
+    assert told("FAILED", held) == [None] * n_fail, held
+    assert told("RUNNING", held) == [None] * 3, "only the three own asks are pending"
+    if isinstance(sampler, OptunaSampler):  # the COMPLETE trial has the running params
+        (trial,) = sampler.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        assert trial.params["x"] == proposed[0]["x"] and trial.params["act"] == proposed[0]["act"]
+
+
+@pytest.mark.parametrize("name", REPLICAS_APART)
+def test_replicas_do_not_ask_what_another_copy_runs(make: Callable[..., Sampler], name: str) -> None:
+    """Copy B is told ``running`` of the 16 trials copy A asked in a 30-point space; B's
+    asks then avoid all of them, in the random start-up phase and again once 16 results
+    are in and the model (TPE's constant liar) decides. Random draws would repeat one of
+    16 pending points in 8 asks with probability 0.99."""
+    space = Space.from_dict({"a": "randint(0, 9)", "b": "choices(['x', 'y', 'z'])"})
+    a, b = make(name, space, seed=10), make(name, space, seed=11)
+
+    def f(p: dict) -> float:
+        return float((p["a"] - 3) ** 2 + (p["b"] != "y"))
+
+    a_asked = a.ask(8) + a.ask(8)
+    b_views = [dict(p) for p in a_asked]  # B's process holds its own copies
+    for view in b_views:
+        b.running(view)
+    running = {_point(p) for p in a_asked}
+    b_asked = b.ask(8)
+    keys = [_point(p) for p in b_asked]
+    assert len(set(keys)) == 8 and not running & set(keys), (sorted(running), keys)
+    for own, view in zip(a_asked, b_views, strict=True):
+        a.tell(own, Result(TrialState.COMPLETE, [f(own)]))
+        b.tell(view, Result(TrialState.COMPLETE, [f(view)]))
+    for params in b_asked:
+        b.tell(params, Result(TrialState.COMPLETE, [f(params)]))
+    a_next = a.ask(8)  # past the start-up phase, pending in A and, through running, in B
+    for params in a_next:
+        b.running(dict(params))
+    b_next = b.ask(6)
+    pending = {_point(p) for p in a_next}
+    keys = [_point(p) for p in b_next]
+    assert len(set(keys)) == 6 and not pending & set(keys), (sorted(pending), keys)
+
+
+def _best_of_two_replicas(make: Callable[..., Sampler], name: str, seed: int, n: int) -> float:
+    """Two copies, each asking half of ``n`` trials of (x-2)**2, two trials in flight at a
+    time: each copy hears of the other's trial (``running``) before asking its own, and
+    every result reaches both (its own dict, the other copy's own copy of it)."""
+    space = Space.from_dict({"x": "uniform(-5, 5)"})
+    copies = [make(name, space, seed=2 * seed), make(name, space, seed=2 * seed + 1)]
+    best = math.inf
+    for _ in range(n // 2):
+        flight = []  # (copy, dict it holds) for each copy's view of each trial
+        for i, copy in enumerate(copies):
+            (params,) = copy.ask(1)
+            view = dict(params)
+            copies[1 - i].running(view)
+            flight.append([(copy, params), (copies[1 - i], view)])
+        for views in flight:
+            value = (views[0][1]["x"] - 2) ** 2
+            best = min(best, value)
+            for holder, params in views:
+                holder.tell(params, Result(TrialState.COMPLETE, [value]))
+    return best
+
+
+@pytest.mark.parametrize("name", REPLICA_LEARNERS)
+def test_two_replicas_beat_random_search(make: Callable[..., Sampler], name: str) -> None:
+    """Copies that share their history search like one learner: the median best of 15
+    seeded runs of 40 trials (20 per copy) is 5x below random search's, as in
+    ``test_learners_beat_random_search`` (15 runs, not 7: two trials in flight make a run
+    noisier, Hyperopt's TPE above all, which counts the other copy's running trial as its
+    worst). Random search would pass with a probability of about 0.01.
+
+    Measured over 21 seeds: TPE 4e-4, Hyperopt's TPE 5e-4, random search 1.2e-2."""
+    space = Space.from_dict({"x": "uniform(-5, 5)"})
+    random_best = [_best_of(make("random", space, seed=s), 40) for s in range(21)]
+    bests = [_best_of_two_replicas(make, name, s, 40) for s in range(15)]
     assert statistics.median(bests) < statistics.median(random_best) / 5, (
         bests,
         statistics.median(random_best),

@@ -7,6 +7,16 @@ earlier run of the study, when resuming) is an observation to learn from.
 
 Parallel asks must not hand out duplicates of pending points: a sampler that models
 the objective (TPE, GP) must account for pending trials (e.g. Optuna's constant liar).
+
+Resume: a resumed study builds a new sampler, sets it up with the same seed and tells it
+every recorded trial before its first ``ask``. The sampler must then go on where the
+earlier run stopped, not start its stream again (which would propose the configurations
+already run): see ``Sampler.tell``.
+
+Replicas: with ``replicable = True`` the core may run one copy of the sampler per worker
+process (each ``setup`` with a seed of its own) instead of one central sampler, and tell
+every copy every result; a copy hears of the trials other copies proposed through
+``running`` before their results.
 """
 
 from __future__ import annotations
@@ -63,6 +73,16 @@ class Sampler(ABC):
     supports_conditional: ClassVar[bool] = False
     #: can it optimize several objectives at once (Pareto front)?
     supports_multi_objective: ClassVar[bool] = False
+    #: do copies that each see the whole shared history (their own asks, the other copies'
+    #: trials through ``running`` and every ``tell``) search as well as one central sampler?
+    #: Why: at hundreds of concurrent trials one central model-based sampler (Optuna's TPE
+    #: takes 6-20 ms an ask, growing with the history) cannot keep the cluster busy, so the
+    #: core runs one copy per worker process, as DeepHyper does -- but only for samplers
+    #: that say so here. Samplers whose state is not a function of the shared history
+    #: (one enumeration, one evolving population, one low-discrepancy sequence) keep the
+    #: default, ``False``: one central sampler asks. A third-party sampler declares it
+    #: itself; not declaring it is the safe choice.
+    replicable: ClassVar[bool] = False
 
     name: str = ""
 
@@ -101,7 +121,27 @@ class Sampler(ABC):
 
     @abstractmethod
     def tell(self, params: Params, result: Result) -> None:
-        """Report the outcome of ``params`` (one ``ask`` returned, or a recorded trial)."""
+        """Report the outcome of ``params`` (one ``ask`` returned, or a recorded trial).
+
+        Recorded trials (dicts the sampler never handed out, told before its first
+        ``ask`` when a study resumes) must move the sampler on, as if it had proposed
+        them itself: a seeded random stream skips the draws they took, a grid skips their
+        points, a seeded model-based sampler changes its seed. Why: otherwise a resumed
+        seeded study proposes the configurations it already ran.
+        """
+
+    def running(self, params: Params) -> None:
+        """A trial another copy of this sampler proposed has started with ``params``.
+
+        Only the core's replicas call it (see ``replicable``). A sampler that keeps
+        pending trials apart (a constant liar, a duplicate check, hyperopt's pending docs)
+        must count ``params`` as pending from now on, exactly as if its own ``ask`` had
+        returned this very dict: later it gets ``pause(params, ...)`` and/or
+        ``tell(params, ...)`` with this same dict object -- ``tell`` with an INTERRUPTED
+        result when the trial never ends -- and only then stops counting it as pending.
+        It is not a recorded trial: it does not move a resumed stream on. The default, for
+        samplers that ignore pending trials (random search), does nothing.
+        """
 
     def pause(self, params: Params, result: Result) -> None:
         """``params`` waits at a rung of a synchronous rule (SHA, Hyperband); ``result`` is

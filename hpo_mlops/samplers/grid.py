@@ -31,11 +31,24 @@ def grid_points(space: Space) -> list[Params]:
     return points
 
 
+def _point_key(params: Params) -> str:
+    """Identity of a grid point: ``1``, ``1.0`` and ``True`` are different points."""
+    return repr(sorted(params.items()))
+
+
 class GridSampler(Sampler):
-    """Visits the grid in a seeded random order (``shuffle=False`` keeps the natural order)."""
+    """Visits the grid in a seeded random order (``shuffle=False`` keeps the natural order).
+
+    Every point it hears of -- asked, recorded (resume: told or paused before), or running
+    elsewhere -- is never handed out again, so a resumed study visits only what is left,
+    in the order of one uninterrupted run.
+    """
 
     supports_conditional = True
     supports_multi_objective = True
+    #: not replicable: the enumeration needs one owner; copies with their own seeds would
+    #: each walk the whole grid in their own order and hand out the same points twice
+    replicable = False
     name = "grid"
 
     def _setup(self) -> None:
@@ -52,14 +65,22 @@ class GridSampler(Sampler):
         while len(out) < n and self._next < len(self._points):
             pt = self._points[self._next]
             self._next += 1
-            if repr(sorted(pt.items())) not in self._seen:
-                self._seen.add(repr(sorted(pt.items())))
+            if _point_key(pt) not in self._seen:
+                self._seen.add(_point_key(pt))
                 out.append(dict(pt))
         return out
 
     def tell(self, params: Params, result: Result) -> None:
-        # A recorded trial (resume) removes its point from what is left to visit.
-        self._seen.add(repr(sorted(params.items())))
+        """A recorded trial (resume) removes its point from what is left to visit."""
+        self._seen.add(_point_key(params))
+
+    def pause(self, params: Params, result: Result) -> None:
+        """A trial paused in an earlier run (resume) was visited too."""
+        self._seen.add(_point_key(params))
+
+    def running(self, params: Params) -> None:
+        """A point running elsewhere is taken: it is not handed out again."""
+        self._seen.add(_point_key(params))
 
     @property
     def size(self) -> int:

@@ -6,7 +6,14 @@ before children, skipping parameters whose condition does not hold), ``tell`` fi
 the Optuna trial that produced the params dict, or adds a recorded trial with
 ``study.add_trial`` when resuming. Asked-but-not-told trials stay RUNNING in the Optuna
 study, which is what lets TPE's constant liar and GP's q-batch acquisition keep parallel
-asks apart.
+asks apart. A trial another replica proposed (``running``) becomes a RUNNING trial too,
+written straight into the study's storage so that the Optuna sampler is not run for it.
+
+Resume: recorded trials told before the first ask are added as observations, and the
+Optuna sampler is then rebuilt with a seed derived from (seed, number of recorded trials).
+Why: Optuna samplers draw from their own seeded generator (random start-up trials,
+NSGA-II's first generation, QMC's scramble), so the study's plain seed would propose the
+earlier run's first configurations again.
 """
 
 from __future__ import annotations
@@ -81,6 +88,18 @@ def _own(table: dict[int, Any], params: Params) -> Any:
     return entry if entry is not None and entry[0] is params else None
 
 
+def continued_seed(seed: int | None, n_recorded: int) -> int | None:
+    """The seed a resumed Optuna sampler gets after ``n_recorded`` recorded trials.
+
+    Deterministic (a resumed study is reproducible), different for every number of
+    recorded trials (each resume starts a new stream), the plain seed for a fresh study
+    (its sequence is unchanged) and ``None`` for an unseeded one.
+    """
+    if seed is None or n_recorded == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, n_recorded]).generate_state(1)[0])
+
+
 def _key(params: Params) -> _Key:
     """Identity of a configuration: ``1``, ``1.0`` and ``True`` are different points."""
     return tuple(sorted((k, type(v).__name__, repr(v)) for k, v in params.items()))
@@ -123,14 +142,21 @@ class OptunaSampler(Sampler):
             raise TypeError(f"{exc}; {self.optuna_class.__name__} accepts: {allowed}") from None
         self._study: optuna.Study | None = None
         self._natives: dict[str, Native] = {}
-        # id(params dict) -> (that dict, its Optuna trial, its key at ask time). The dict
-        # is kept so its id cannot be reused by another object while the trial is pending.
-        self._pending: dict[int, tuple[Params, Trial, _Key]] = {}
+        # id(params dict) -> (that dict, its Optuna trial -- or the storage id of the
+        # RUNNING trial ``running`` wrote --, its key at ask time). The dict is kept so its
+        # id cannot be reused by another object while the trial is pending.
+        self._pending: dict[int, tuple[Params, Trial | int, _Key]] = {}
         self._pending_keys: dict[_Key, int] = {}
         # id(params) -> (that dict, reports told so far, its key or None): paused trials
         # already told to Optuna as PRUNED, still pending for duplicate checks
         self._paused: dict[int, tuple[Params, int, _Key | None]] = {}
         self._rng = np.random.default_rng()
+        self._storage: optuna.storages.BaseStorage | None = None
+        self._study_id = 0
+        # resume: recorded dicts told before the first ask (id -> dict, counted once each)
+        self._recorded: dict[int, Params] = {}
+        self._stream_started = False
+        self._n_recorded = 0
 
     # -- configuration ----------------------------------------------------------------------
     def sampler_options(self) -> dict[str, Any]:
@@ -157,7 +183,7 @@ class OptunaSampler(Sampler):
     def _build(self, **extra: Any) -> optuna.samplers.BaseSampler:
         """A fresh Optuna sampler with the study's seed and this adapter's options."""
         kwargs = {**self.sampler_options(), **extra}
-        kwargs.setdefault("seed", self.seed)
+        kwargs["seed"] = continued_seed(kwargs.get("seed", self.seed), self._n_recorded)
         with quiet():
             return self.optuna_class(**kwargs)
 
@@ -167,11 +193,18 @@ class OptunaSampler(Sampler):
         self._pending.clear()
         self._pending_keys.clear()
         self._paused.clear()
+        self._recorded.clear()
+        self._stream_started = False
+        self._n_recorded = 0
         self._rng = np.random.default_rng(self.seed)
+        # our own storage object, so that ``running`` can write a RUNNING trial through the
+        # public storage API (creating an Optuna ``Trial`` would run the sampler for it)
+        self._storage = optuna.storages.InMemoryStorage()
         with quiet():
             self._study = optuna.create_study(
-                directions=list(self.directions), sampler=self._build()
+                storage=self._storage, directions=list(self.directions), sampler=self._build()
             )
+        self._study_id = self._storage.get_study_id_from_name(self._study.study_name)
 
     # -- ask ---------------------------------------------------------------------------------
     def ask(self, n: int = 1) -> list[Params]:
@@ -186,6 +219,7 @@ class OptunaSampler(Sampler):
         space = self._space()
         out = []
         with quiet():
+            self._continue_stream()
             self._before_ask()
             for _ in range(n):
                 params, trial = self._ask_one(space)
@@ -194,6 +228,17 @@ class OptunaSampler(Sampler):
                 self._pending_keys[key] = self._pending_keys.get(key, 0) + 1
                 out.append(params)
         return out
+
+    def _continue_stream(self) -> None:
+        """At the first ask of a resumed study: a seed derived from the recorded trials."""
+        if self._stream_started:
+            return
+        self._stream_started = True
+        self._n_recorded = len(self._recorded)
+        self._recorded.clear()
+        if self._n_recorded:
+            self.study.sampler = self._build()
+            self._rng = np.random.default_rng(continued_seed(self.seed, self._n_recorded))
 
     def _ask_one(self, space: Space) -> tuple[Params, Trial]:
         for _ in range(_REASKS):
@@ -243,6 +288,7 @@ class OptunaSampler(Sampler):
             return
         entry = _own(self._pending, params)
         if entry is None:
+            self._note_recorded(params)
             self._replay(params, result)
             return
         # a malformed result raises here, before the trial stops being pending
@@ -251,15 +297,49 @@ class OptunaSampler(Sampler):
         self._release(entry[2])
         self._finish(entry[1], result, values)
 
+    def running(self, params: Params) -> None:
+        """Another replica's trial has started: a RUNNING trial with ``params`` in the
+        study (so TPE's constant liar and GP's q-batch count it) and a pending key (so
+        the duplicate check does), exactly as if ``ask`` had returned this dict.
+
+        It is written through the storage, not ``study.ask``: asking would run the Optuna
+        sampler (a TPE fit) for a trial whose parameters are known already, and a replica
+        hears of every other replica's trial. ``tell`` / ``pause`` finish it.
+        """
+        space = self._space()
+        if _own(self._pending, params) is not None or _own(self._paused, params) is not None:
+            return  # pending here already
+        try:
+            public = space.validate_params(params)
+        except HPOError as exc:
+            _log.warning(
+                "sampler %r: not counting a running trial outside the space: %s", self.name, exc
+            )
+            return
+        natives = {k: self._natives[k] for k in public}
+        assert self._storage is not None
+        with quiet():
+            frozen = optuna.trial.create_trial(
+                params={k: natives[k].to_native(v) for k, v in public.items()},
+                distributions={k: n.dist for k, n in natives.items()},
+                state=OptunaState.RUNNING,
+            )
+            trial_id = self._storage.create_new_trial(self._study_id, template_trial=frozen)
+        key = _key(params)
+        self._pending[id(params)] = (params, trial_id, key)
+        self._pending_keys[key] = self._pending_keys.get(key, 0) + 1
+
     def pause(self, params: Params, result: Result) -> None:
         """Tell Optuna a trial waiting at a rung as PRUNED there, if its sampler learns from
         pruned trials; each later rung is a new observation, the outcome one more."""
         self._space()
+        paused = _own(self._paused, params)
+        entry = None if paused is not None else _own(self._pending, params)
+        if paused is None and entry is None:
+            self._note_recorded(params)  # paused in an earlier run: one it ran
         if not self.learns_from_pruned or len(self.directions) != 1:
             return
         n = len(result.intermediate)
-        paused = _own(self._paused, params)
-        entry = None if paused is not None else _own(self._pending, params)
         if paused is not None and n <= paused[1]:
             return  # nothing new since it was told
         if entry is not None:  # first pause: its own Optuna trial ends PRUNED here
@@ -279,7 +359,15 @@ class OptunaSampler(Sampler):
         if not self._pending_keys[key]:
             del self._pending_keys[key]
 
-    def _finish(self, trial: Trial, result: Result, values: list[float] | None) -> None:
+    def _note_recorded(self, params: Params) -> None:
+        """A recorded trial told before the first ask: it moves the resumed stream on."""
+        if not self._stream_started:
+            self._recorded[id(params)] = params
+
+    def _finish(self, trial: Trial | int, result: Result, values: list[float] | None) -> None:
+        if isinstance(trial, int):
+            self._finish_running(trial, result, values)
+            return
         with quiet():
             if result.state is TrialState.COMPLETE and values is not None:
                 self.study.tell(trial, values, state=OptunaState.COMPLETE)
@@ -289,6 +377,21 @@ class OptunaSampler(Sampler):
                 self.study.tell(trial, state=OptunaState.PRUNED)
             else:  # FAILED, INTERRUPTED, or COMPLETE with NaN (Optuna refuses NaN)
                 self.study.tell(trial, state=OptunaState.FAIL)
+
+    def _finish_running(self, trial_id: int, result: Result, values: list[float] | None) -> None:
+        """``_finish`` for a trial ``running`` wrote: by trial number, reports through the
+        storage (there is no ``Trial`` object to report on)."""
+        assert self._storage is not None
+        number = self._storage.get_trial_number_from_id(trial_id)
+        with quiet():
+            if result.state is TrialState.COMPLETE and values is not None:
+                self.study.tell(number, values, state=OptunaState.COMPLETE)
+            elif result.state is TrialState.PRUNED:
+                for step, value in self._intermediate(result).items():
+                    self._storage.set_trial_intermediate_value(trial_id, step, value)
+                self.study.tell(number, state=OptunaState.PRUNED)
+            else:
+                self.study.tell(number, state=OptunaState.FAIL)
 
     def _replay(self, params: Params, result: Result) -> None:
         """Add a trial recorded by an earlier run (resume) as an observation."""
