@@ -294,12 +294,12 @@ def plugin_latency(n_reports=2000):
     (2 worker processes x 8 threads), against a rule on the scheduler."""
     from distributed import Client, LocalCluster
 
-    from hpo_mlops.dask_plugin import PruningPlugin
+    from hpo_mlops.dask_plugin import HubPlugin
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=8, dashboard_address=None,
                            silence_logs=logging.ERROR)
     client = Client(cluster)
-    client.register_plugin(PruningPlugin())
+    client.register_plugin(HubPlugin())
     # the median rule keeps every report and never stops a trial here (no trial finishes)
     client.sync(client.scheduler.hpo_register, key="lat",
                 spec={"name": "median", "min_trials": 10**9}, mode="min")
