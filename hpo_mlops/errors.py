@@ -29,3 +29,12 @@ class TooManyFailures(HPOError, RuntimeError):
 
 class ReportError(HPOError, ValueError):
     """A bad ``trial.report`` call (no step, steps going backwards, report after pruning)."""
+
+
+class TrackingUnavailable(HPOError, RuntimeError):
+    """The MLflow tracking store cannot be reached or keeps failing (the message names the
+    URI and what failed). Raised by the first call on the store, before any cluster starts
+    or trial runs, and mid-study by ``Tracker.log_trial`` / ``log_best`` / ``flush`` /
+    ``check`` / ``close`` once writes have failed for longer than the tracker's
+    ``give_up_after``; what was not written is kept on disk and written at the next run of
+    the same study against the same store."""
