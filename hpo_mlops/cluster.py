@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -70,8 +71,22 @@ class ClusterFactory:
     def wait(self, client: Any) -> None:
         """Return once the cluster can run a trial; raise :class:`ClusterError` if it cannot."""
 
+    @staticmethod
+    def check_worker_timeout(value: Any) -> float | None:
+        """``cluster.worker_timeout``: seconds > 0, or ``None`` to wait for ever."""
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or value <= 0):
+            raise ConfigError(f"cluster.worker_timeout: must be a number of seconds > 0 "
+                              f"(or null to wait for ever), got {value!r}")
+        return None if value is None else float(value)
+
     def cleanup(self) -> None:
         """Called after the cluster was closed, even if closing failed."""
+
+
+#: seconds a study waits with no worker at all (all lost) before it stops, for clusters
+#: that set no ``worker_timeout`` of their own
+DEFAULT_WORKER_TIMEOUT = 120.0
 
 
 class LocalClusterFactory(ClusterFactory):
@@ -80,9 +95,13 @@ class LocalClusterFactory(ClusterFactory):
     name = "local"
 
     def __init__(self, n_workers: int | None = None, threads_per_worker: int = 1,
-                 processes: bool = True, **options: Any) -> None:
+                 processes: bool = True, worker_timeout: float | None = DEFAULT_WORKER_TIMEOUT,
+                 **options: Any) -> None:
         if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
             raise ConfigError(f"cluster.n_workers: must be an integer >= 1, got {n_workers!r}")
+        #: how long the study may go on with every worker gone (they do not come back on
+        #: their own: a LocalCluster's nanny restarts a crashed worker, not a closed one)
+        self.worker_timeout = self.check_worker_timeout(worker_timeout)  # None: for ever
         super().__init__(n_workers=n_workers, threads_per_worker=threads_per_worker,
                          processes=processes, **options)
 
@@ -139,16 +158,14 @@ def planned_capacity(client: Any) -> tuple[int, int] | None:
     return factory.planned() if factory is not None else None
 
 
-#: seconds a study waits with no worker at all (all lost) before it stops, for clusters
-#: that set no ``worker_timeout`` of their own
-DEFAULT_WORKER_TIMEOUT = 120.0
-
 
 def worker_timeout(client: Any) -> float:
     """How long the client's cluster may have no worker before the study stops."""
     factory = _FACTORIES.get(id(client))
-    limit = getattr(factory, "worker_timeout", None)
-    return DEFAULT_WORKER_TIMEOUT if limit is None else float(limit)
+    if not hasattr(factory, "worker_timeout"):  # the user's own client or cluster object
+        return DEFAULT_WORKER_TIMEOUT
+    limit = factory.worker_timeout
+    return math.inf if limit is None else float(limit)  # None: the user asked to wait for ever
 
 
 def wait_for_workers(client: Any) -> None:

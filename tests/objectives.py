@@ -100,3 +100,29 @@ def curve_logged(log_path, fail_number=None, flag=None):
 def nap(params, trial):
     time.sleep(0.05)
     return params["x"]
+
+
+def every_step(params, trial):
+    """Reports at every step up to its budget, as a deep-learning loop reports per batch."""
+    value = abs(params["x"])
+    for step in range(1, int(trial.budget) + 1):
+        value = abs(params["x"]) + 1.0 / step
+        trial.report(value, step)
+        if trial.should_prune():
+            break
+    return value
+
+
+def closes_its_worker(flag):
+    """Sleeps; while ``flag`` exists, trials from number 4 on close their worker and its
+    nanny (so the worker does not come back: a cluster that lost every node for good)."""
+    def objective(params, trial):
+        if trial.number >= 4 and os.path.exists(flag):
+            from distributed import get_worker
+
+            worker = get_worker()
+            worker.loop.add_callback(worker.close, nanny=True)
+            time.sleep(30)  # the worker goes away under the trial
+        time.sleep(0.2)
+        return params["x"]
+    return objective

@@ -230,12 +230,8 @@ class JobqueueFactory(ClusterFactory):
         own = {k: opts.pop(k) for k in OWN_OPTIONS if k in opts}
         self._check_required(opts)
         self.jobs, self.adapt = self._scaling(own)
-        timeout = own.get("worker_timeout", DEFAULT_WORKER_TIMEOUT)
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
-                                    or timeout <= 0):
-            raise ConfigError(f"cluster.worker_timeout: must be a number of seconds > 0 "
-                              f"(or null to wait for ever), got {timeout!r}")
-        self.worker_timeout = None if timeout is None else float(timeout)
+        self.worker_timeout = self.check_worker_timeout(
+            own.get("worker_timeout", DEFAULT_WORKER_TIMEOUT))
         self.kwargs = self._job_kwargs(opts, own)
 
     # -- validation -------------------------------------------------------------------------
