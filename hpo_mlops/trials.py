@@ -37,15 +37,26 @@ class TrialTable:
             self.records[rec.number] = rec
 
     def apply(self, events: Iterable[list[Any]]) -> bool:
-        """Replay the ledger's events; True once the study run is over."""
+        """Replay the ledger's events; True once the study run is over.
+
+        Every event reaches the table and every subscriber even when one subscriber raises
+        (a user callback, or the writer giving up on its store): the first error is raised
+        once the whole batch is applied, so that the view, the sampler and the MLflow
+        writer never disagree about what happened."""
         over = False
+        error: BaseException | None = None
         for kind, _number, payload, _origin in events:
             if kind == DONE:
                 over = True
                 continue
             rec = self._update(from_wire(payload))
             for fn in list(self._subscribers):
-                fn(kind, rec)
+                try:
+                    fn(kind, rec)
+                except Exception as exc:  # noqa: BLE001 - re-raised below, after the batch
+                    error = error or exc
+        if error is not None:
+            raise error
         return over
 
     def _update(self, new: TrialRecord) -> TrialRecord:
