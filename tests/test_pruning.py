@@ -214,3 +214,35 @@ def test_synchronous_rules_pause_trials_in_the_sampler_at_once(dask_client, tmp_
         assert all(p[:2] == ("pause", TrialState.PRUNED) for p in pauses)
         assert all(w == steps[: len(w)] and w[-1] in (1, 3) for w in waited), (t.number, waited)
         assert [len(w) for w in waited] == sorted({len(w) for w in waited})
+
+
+@pytest.mark.parametrize("saved_state", [True, False], ids=["saved-state", "replayed"])
+def test_a_study_whose_trials_report_400_steps_resumes(saved_state, dask_client, mlflow_uri):
+    """Trials that report every one of 400 steps (more than the reports tag holds) and a
+    resumed study: it used to stop with StopIteration while replaying the capped reports.
+    Resumed from the rule's saved state, and, with that artifact gone (a study from an
+    older version), from the replay of what the tags kept."""
+    import shutil
+    from urllib.parse import urlparse
+
+    from mlflow.tracking import MlflowClient
+
+    rule = {"name": "asha", "min_budget": 1, "max_budget": 400, "eta": 3}
+    name = f"long-steps-{saved_state}"
+    first = _study(name, mlflow_uri, rule)
+    first.optimize(obj.every_step, n_trials=3, client=dask_client)
+    assert max(t.intermediate[-1][0] for t in first.trials) == 400
+    parents, before = runs_of(mlflow_uri, name)
+    state_dir = urlparse(parents[0].info.artifact_uri).path + "/hpo"
+    if not saved_state:
+        shutil.rmtree(state_dir)
+        assert not MlflowClient(mlflow_uri).list_artifacts(parents[0].info.run_id, "hpo")
+
+    second = _study(name, mlflow_uri, rule)
+    second.optimize(obj.every_step, n_trials=5, client=dask_client)
+    assert [t.number for t in second.trials] == list(range(5))
+    assert {t.state for t in second.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    _, after = runs_of(mlflow_uri, name)
+    assert sorted(after) == list(range(5))
+    assert {n: after[n].info.run_id for n in before} == {n: r.info.run_id for n, r in before.items()}, (
+        "the three finished trials were not run again")
