@@ -135,7 +135,7 @@ SLOW = {"gp"}
 #: samplers that learn nothing from results: told or not, they ask the same
 MODEL_FREE = {"random", "grid", THIRD_PARTY}
 #: samplers that declare ``replicable = True`` (one copy per worker, shared history)
-REPLICABLE = {"random", "tpe", "optuna.random", "hyperopt.tpe", "hyperopt.anneal", "hyperopt.rand"}
+REPLICABLE = {"random", "tpe", "optuna.random"}
 #: resumed as 10 + 10 trials they propose exactly the 20 of one uninterrupted run; the
 #: Optuna samplers but qmc reseed from the number of recorded trials instead (20
 #: distinct, not the same 20): their generators cannot be moved on from outside

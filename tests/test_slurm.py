@@ -1,4 +1,4 @@
-"""Studies on a real Slurm (``bash ../shared/hpc/slurm-up.sh``): trials run inside Slurm
+"""Studies on a real Slurm (``bash ci/slurm-up.sh``): trials run inside Slurm
 jobs, a cancelled job loses no trial, and the queue holds none of a study's jobs afterwards.
 
 Skipped, with the reason, where ``sinfo``/``sbatch`` are missing or no node is up. Each
@@ -32,16 +32,16 @@ def _slurm_state() -> str | None:
     """None if a Slurm node can take jobs here, else why not."""
     missing = [t for t in ("sinfo", "sbatch", "squeue", "scancel") if shutil.which(t) is None]
     if missing:
-        return f"no Slurm here ({', '.join(missing)} not found); run bash ../shared/hpc/slurm-up.sh"
+        return f"no Slurm here ({', '.join(missing)} not found); run bash ci/slurm-up.sh"
     try:
         out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True,
                              timeout=15)
     except (OSError, subprocess.SubprocessError) as exc:
-        return f"sinfo failed ({exc}); run bash ../shared/hpc/slurm-up.sh"
+        return f"sinfo failed ({exc}); run bash ci/slurm-up.sh"
     states = out.stdout.split()
     if out.returncode != 0 or not any(s.rstrip("*~#") in ("idle", "mix", "alloc") for s in states):
         why = (out.stderr.strip() or f"node states {states}").splitlines()[0]
-        return f"Slurm is not up ({why}); run bash ../shared/hpc/slurm-up.sh"
+        return f"Slurm is not up ({why}); run bash ci/slurm-up.sh"
     cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True,
                           timeout=15).stdout.split()
     if not any(c.isdigit() and int(c) >= 2 for c in cpus):
@@ -157,7 +157,7 @@ def test_scancel_of_a_worker_job_mid_study_loses_no_trial(tmp_path, mlflow_uri, 
     assert {t.state for t in study.trials} == {TrialState.COMPLETE}
     _, runs = runs_of(mlflow_uri, "slurm-scancel")
     assert sorted(runs) == list(range(8))
-    victim = study._trials[int(killed["trial"])]
+    victim = study.table.records[int(killed["trial"])]
     assert victim.attempts == 2 and runs[victim.number].data.tags["hpo.attempts"] == "2"
     assert victim.tags["SLURM_JOB_ID"] != killed["job"], "the re-run ran in another job"
     # a trial already handed to the cancelled worker (queued behind the victim) is re-run
