@@ -10,7 +10,7 @@ difference is job start-up and the job script's Python start). Two numbers per c
 * utilization       busy worker time / (window x workers): the share of the window the
                     workers spent inside the objective
 
-Needs a running Slurm (``bash ../shared/hpc/slurm-up.sh``; with 2 CPUs and 1-core jobs,
+Needs a running Slurm (``bash ci/slurm-up.sh``; with 2 CPUs and 1-core jobs,
 ``--workers 2`` fits). MLflow logging is on, into a fresh sqlite store per run.
 
     python bench/hpc.py [--trials 100] [--workers 2] [--seconds 0.2] [--repeat 1]
@@ -77,7 +77,7 @@ def main() -> None:
     os.environ["HPO_BENCH_SECONDS"] = str(args.seconds)
     why = slurm_up()
     if why:
-        raise SystemExit(f"bench/hpc.py: needs Slurm ({why}); run bash ../shared/hpc/slurm-up.sh")
+        raise SystemExit(f"bench/hpc.py: needs Slurm ({why}); run bash ci/slurm-up.sh")
     logs = tempfile.mkdtemp(prefix="bench-hpc-logs-")
     clusters = {
         "local": {"kind": "local", "n_workers": args.workers},

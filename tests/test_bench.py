@@ -23,7 +23,7 @@ def _table(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
-@pytest.mark.parametrize("task", ["synthetic", "digits"])
+@pytest.mark.parametrize("task", ["synthetic", pytest.param("digits", marks=pytest.mark.slow)])
 def test_pruning_bench_runs_and_pruning_spends_less_budget(task):
     """Both kinds of task: cheap synthetic curves, and a real MLP trained on digits on the
     workers (data loaded by ``setup=``, the model checkpointed between rungs)."""

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("git") is None,
-                                reason="needs dvc and git on PATH")
+pytestmark = [pytest.mark.slow,  # a fresh repo and dvc repro: about 80 s together
+              pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("git") is None,
+                                 reason="needs dvc and git on PATH")]
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@x",
        "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@x", "COLUMNS": "120"}
 

@@ -88,6 +88,7 @@ def test_blackbox_shell_awk_objective_with_its_defaults(tmp_path):
 
 @pytest.mark.skipif(not HAS_TORCH, reason="the pytorch example needs its extra: "
                     "pip install torch==2.13.0")
+@pytest.mark.slow
 def test_pytorch_example_with_its_defaults(tmp_path):
     params = copy_example("pytorch", tmp_path)
     uri = fresh_store(tmp_path / "mlflow.db")

@@ -126,6 +126,7 @@ def screenshot(url: str, png: Path, profile: Path) -> str:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed "
                     "(Debian: apt-get install -y chromium)")
+@pytest.mark.slow
 def test_chromium_renders_the_experiment_and_the_trials_side_by_side(server):
     base, study, d = server
     exp = api(base, "experiments/get-by-name?experiment_name=ui-study")["experiment"]

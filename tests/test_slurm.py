@@ -50,7 +50,7 @@ def _slurm_state() -> str | None:
 
 
 _WHY = _slurm_state()
-pytestmark = [pytest.mark.slurm,
+pytestmark = [pytest.mark.slurm, pytest.mark.slow,
               pytest.mark.skipif(_WHY is not None, reason=_WHY or "")]
 
 

@@ -7,84 +7,24 @@ port and store; real sqlite files; real writer processes and Dask clusters.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 from conftest import runs_of
-from mlflow_store import fresh_store
+from mlflow_store import MlflowServer, fresh_store
 
 from hpo_mlops import Study
 from hpo_mlops.errors import TrackingUnavailable
 from hpo_mlops.results import TrialRecord, TrialState
 from hpo_mlops.tracking import Tracker, spill_path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    """A real ``mlflow server`` on a sqlite store, which a test can kill and start again."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.store = fresh_store(folder / "server.db")
-        self.port = _free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.starts: list[float] = []  # seconds each start took until /health answered
-
-    def start(self, timeout: float = 60.0) -> float:
-        t0 = time.monotonic()
-        log = (self.folder / f"server-{len(self.starts)}.log").open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.store,
-             "--artifacts-destination", str(self.folder / "artifacts"),
-             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() - t0 > timeout:
-                raise RuntimeError(f"mlflow server did not start: {self.log()[-2000:]}")
-            time.sleep(0.1)
-        self.starts.append(time.monotonic() - t0)
-        return self.starts[-1]
-
-    def kill(self) -> None:
-        """SIGKILL the server's whole process group; returns once the port refuses."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) != 0:
-                    return
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return "".join(p.read_text() for p in sorted(self.folder.glob("server-*.log")))
 
 
 @pytest.fixture
@@ -158,6 +98,7 @@ def test_an_unreachable_store_fails_the_first_tracker_call():
 
 
 # -- Tracker level: the server goes away and comes back; or does not --------------------------
+@pytest.mark.slow
 def test_writes_wait_for_a_restarted_server_and_land_once(server):
     """Trials logged while the server is dead are kept and retried; after it comes back
     (same port, same store) every one is there exactly once, each trial in one run even
@@ -193,6 +134,7 @@ def test_writes_wait_for_a_restarted_server_and_land_once(server):
     assert caught_up < 10
 
 
+@pytest.mark.slow
 def test_a_server_that_stays_gone_is_given_up_and_nothing_is_lost(server):
     """The store gone for longer than give_up_after: the next log_trial raises (once),
     naming the URI; later writes and close("KILLED") return at once and keep theirs on
@@ -235,6 +177,7 @@ def test_a_server_that_stays_gone_is_given_up_and_nothing_is_lost(server):
     print(f"gave up {took:.1f} s after the kill (give_up_after=2)")
 
 
+@pytest.mark.slow
 def test_close_never_hangs_on_a_dead_server(server, monkeypatch):
     """close() with the store dead (not yet given up, give_up_after long): it waits
     HPO_MLOPS_TRACKING_CLOSE_S at most, keeps everything, raises; a later open replays."""
@@ -256,6 +199,7 @@ def test_close_never_hangs_on_a_dead_server(server, monkeypatch):
     assert _study_run(server.uri, "c").info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_the_manager_process_client_fails_fast_while_the_store_is_down(server):
     """The study's own calls in the manager process (the rule state artifact) do not wait
     out MLflow's retries (minutes) while the tracker knows the store is failing."""
