@@ -753,6 +753,10 @@ def test_simulation_is_deterministic() -> None:
 
 
 def test_warnings_are_not_errors_in_the_simulation() -> None:
+    """A whole Hyperband study raises no warning (any would be an error here) and every
+    one of its trials ends with a final state."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        run_study(make("hyperband", max_budget=27), toy_value, n_configs=20)
+        run = run_study(make("hyperband", max_budget=27), toy_value, n_configs=20)
+    assert run.started == 20
+    assert sorted({t for t, _, _ in run.log}) == list(range(20)), run.log
