@@ -515,6 +515,10 @@ def export(
 cluster_app = typer.Typer(help="The cluster of a study's params.yaml.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
 
+from hpo_mlops.cli_tokens import token_app  # noqa: E402 - its commands use _errors above
+
+app.add_typer(token_app, name="token")
+
 
 @cluster_app.command("job-script")
 @_errors

@@ -1,0 +1,1 @@
+"""The HPO service: ask / report / tell over HTTP, per-study tokens, live web pages."""
