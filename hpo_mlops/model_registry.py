@@ -70,6 +70,7 @@ def register_model(
     tags: Mapping[str, str],
     *,
     run_id: str | None = None,
+    info_tags: Mapping[str, str] | None = None,
     alias: str = CHAMPION,
     tracking_uri: str | None = None,
     registry_uri: str | None = None,
@@ -82,7 +83,9 @@ def register_model(
     returns that URI; a callable is only called when a new version is needed, so a rerun
     with unchanged inputs logs nothing either. ``tags``: what identifies this model (e.g.
     git commit, DVC data hash, study run id, best trial, a hash of the model bytes); they
-    are set on the version, with :data:`REGISTRY_KEY` computed from them. ``run_id``: the
+    are set on the version, with :data:`REGISTRY_KEY` computed from them. ``info_tags``:
+    set on a new version too, but not part of its identity (e.g. ``git.dirty``, which a
+    ``dvc.lock`` rewritten by the pipeline itself flips). ``run_id``: the
     run the version links to in the UI (the study run). ``tracking_uri`` /
     ``registry_uri``: the stores (MLflow's defaults when None; on a sqlite or database
     tracking store the registry lives in the same database).
@@ -96,6 +99,8 @@ def register_model(
             or alias.lower().startswith("v") and alias[1:].isdigit():
         raise ConfigError(f"register_model: alias must be a name other than 'latest' or "
                           f"v<number> (MLflow reserves those), got {alias!r}")
+    if not callable(model):
+        _check_uri(model)
     clean = {str(k): str(v) for k, v in tags.items() if k != REGISTRY_KEY}
     key = registry_key(clean)
     for logger in ("mlflow.store", "mlflow.tracking", "alembic"):
@@ -112,11 +117,10 @@ def register_model(
         client.set_registered_model_alias(name, alias, found.version)
         return Registered(name, int(found.version), alias, False, found.source,
                           dict(found.tags))
-    uri = model() if callable(model) else model
-    if not isinstance(uri, str) or not uri:
-        raise ConfigError(f"register_model: model must be a model URI (models:/..., runs:/...)"
-                          f" or a callable returning one, got {uri!r}")
-    source, model_id, all_tags = uri, _model_id(uri), {**clean, REGISTRY_KEY: key}
+    uri = _check_uri(model() if callable(model) else model)
+    source, model_id = uri, _model_id(uri)
+    all_tags = {**{str(k): str(v) for k, v in (info_tags or {}).items()}, **clean,
+                REGISTRY_KEY: key}
     if model_id is not None:
         # The sqlite/SQL registry resolves a models:/ source with a client of the *global*
         # tracking URI (an MLflow TODO); resolved here with this client, the version works
@@ -136,3 +140,10 @@ def _find_version(client: Any, name: str, key: str) -> Any:
     found = client.search_model_versions(
         f"name = '{quoted}' and tags.`{REGISTRY_KEY}` = '{key}'")
     return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def _check_uri(uri: Any) -> str:
+    if not isinstance(uri, str) or ":/" not in uri:
+        raise ConfigError(f"register_model: model must be a model URI (models:/..., runs:/...)"
+                          f" or a callable returning one, got {uri!r}")
+    return uri

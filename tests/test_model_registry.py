@@ -46,9 +46,11 @@ TAGS = {"mlflow.source.git.commit": "a" * 40, "dvc.data_hash": "d41d8cd98f00",
 
 def test_same_tags_give_one_version_and_a_change_moves_champion(store):
     uri, client, run_id, log, logged = store
-    first = register_model("digits", log, TAGS, run_id=run_id, tracking_uri=uri)
+    first = register_model("digits", log, TAGS, run_id=run_id, tracking_uri=uri,
+                           info_tags={"git.dirty": "false"})
     assert (first.version, first.created, first.uri) == (1, True, "models:/digits@champion")
-    again = register_model("digits", log, TAGS, run_id=run_id, tracking_uri=uri)
+    again = register_model("digits", log, TAGS, run_id=run_id, tracking_uri=uri,
+                           info_tags={"git.dirty": "true"})
     assert (again.version, again.created) == (1, False)
     assert len(logged) == 1, "an unchanged rerun logs no second model"
     assert [int(v.version) for v in client.search_model_versions("name = 'digits'")] == [1]
@@ -56,6 +58,7 @@ def test_same_tags_give_one_version_and_a_change_moves_champion(store):
     version = client.get_model_version_by_alias("digits", CHAMPION)
     assert int(version.version) == 1 and version.run_id == run_id
     assert {k: version.tags[k] for k in TAGS} == TAGS, "every identifying tag is on the version"
+    assert version.tags["git.dirty"] == "false", "info tags are the first registration's"
     assert version.tags[REGISTRY_KEY] == first.tags[REGISTRY_KEY]
     assert version.tags["hpo.logged_model"] == logged[0], "the version names its logged model"
 
@@ -96,6 +99,7 @@ def test_a_uri_and_a_second_alias(store):
     ({"alias": "latest"}, "alias must be a name other than 'latest'"),
     ({"alias": "v3"}, "alias must be a name other than 'latest'"),
     ({"model": ""}, "model must be a model URI"),
+    ({"model": "model.pkl"}, "model must be a model URI"),
 ])
 def test_bad_arguments_name_what_is_allowed(store, kwargs, message):
     uri = store[0]
