@@ -118,6 +118,7 @@ def _execute(objective: Any, spec: dict[str, Any], reporter: Any, context: Any,
             out.update(state="FAILED", error=f"{type(exc).__name__}: {exc}",
                        traceback="".join(traceback.format_exc(limit=-12))[-4000:])
     out["end"] = time.time()
+    out["tags"].update(trial.tags)  # e.g. where save_predictions wrote
     out["intermediate"] = trial.intermediate
     out["pruned_step"] = trial.pruned_step if out["state"] == "PRUNED" else None
     if out["state"] == "PRUNED" and out["pruned_step"] is None and trial.intermediate:

@@ -218,6 +218,28 @@ class Study:
                 fh.write(text)
         return text
 
+    # -- ensembles (hpo_mlops/ensemble.py) ---------------------------------------------------
+    def ensemble(self, k: int = 5, method: str = "caruana", **options: Any) -> Any:
+        """An ensemble of up to ``k`` trials from their saved validation predictions
+        (``trial.save_predictions``): Caruana's greedy selection, or the ``"topk"`` best
+        with equal weights. Options: ``n_init``, ``tol``, ``max_steps``, ``y_true``, ``kind``
+        (see :func:`hpo_mlops.ensemble.select`). Its ``log_model`` logs it on this study's run."""
+        from hpo_mlops.ensemble import select
+
+        ens = select(self.trials, k=k, method=method, **options)
+        ens.run_id, ens.tracking_uri, ens.study = self.run_id, self.tracking_uri, self.name
+        return ens
+
+    def keep_ensemble(self, k: int = 5, method: str = "caruana", **options: Any) -> Any:
+        """Select the ensemble again after every finished trial, so one is always ready:
+        returns a :class:`hpo_mlops.ensemble.KeptEnsemble` whose ``latest`` is it
+        (``None`` until a trial saved predictions); its ``unsubscribe()`` stops it."""
+        from hpo_mlops.ensemble import KeptEnsemble
+
+        kept = KeptEnsemble(lambda: self.table.finished(), k=k, method=method, **options)
+        kept.unsubscribe = self.subscribe(kept)
+        return kept
+
     # -- the manager loop ------------------------------------------------------------------
     def optimize(
         self,

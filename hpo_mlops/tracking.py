@@ -375,7 +375,8 @@ class Tracker:
         if tags.get("hpo.reports"):
             rec.intermediate = [tuple(x) for x in json.loads(tags["hpo.reports"])]
         rec.tags = {k: v for k, v in tags.items()
-                    if k in ("hpo.bracket", "hpo.rungs_reached", "hpo.budget_consumed")}
+                    if k in ("hpo.bracket", "hpo.rungs_reached", "hpo.budget_consumed",
+                             "hpo.predictions")}
         if tags.get("hpo.budget"):
             rec.budget = float(tags["hpo.budget"])
         return rec

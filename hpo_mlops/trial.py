@@ -19,6 +19,9 @@ from hpo_mlops.errors import ReportError
 
 #: reporter(trial_number, step, value) -> True when the trial should stop
 Reporter = Callable[[int, int, float], bool]
+#: the tag holding the path of a trial's saved validation predictions (``save_predictions``)
+PREDICTIONS_TAG = "hpo.predictions"
+PREDICTIONS_FILE = "predictions.npz"
 
 
 class TrialPruned(Exception):  # noqa: N818 - the name users know from Optuna
@@ -53,6 +56,8 @@ class Trial:
         self._intermediate: list[tuple[int, float]] = []
         self._prune = False
         self._pruned_step: int | None = None
+        #: tags recorded on the trial's record and its MLflow run (e.g. ``hpo.predictions``)
+        self.tags: dict[str, str] = {}
 
     # -- reports --------------------------------------------------------------------------
     def report(self, value: float, step: int) -> None:
@@ -119,6 +124,33 @@ class Trial:
             return None
         with open(path, "rb") as fh:
             return pickle.load(fh)
+
+    def save_predictions(self, y_pred: Any, y_true: Any = None, kind: str = "proba",
+                         variance: Any = None, name: str = PREDICTIONS_FILE) -> str | None:
+        """Keep this trial's validation predictions, so ``study.ensemble`` can pick members.
+
+        ``kind="proba"``: ``y_pred`` holds class probabilities, shape (n, classes), and
+        ``y_true`` the class indices; ``kind="regression"``: ``y_pred`` the predicted means,
+        shape (n,), and ``variance`` (optional) each prediction's variance, for the
+        ensemble's aleatoric part. ``y_true`` may be left out if ``study.ensemble`` is given
+        it. Written as ``.npz`` beside the trial's checkpoint; the path goes into the
+        ``hpo.predictions`` tag of the trial (its record and MLflow run), where the study
+        finds it. Returns the path (``None`` without a checkpoint directory).
+        """
+        from hpo_mlops.ensemble import check_predictions
+
+        arrays = check_predictions(y_pred, y_true, kind, variance,
+                                   f"trial {self.number}: save_predictions")
+        if self.checkpoint_dir is None:
+            return None
+        import numpy as np
+
+        path = os.path.join(self.checkpoint_dir, name)
+        with open(path + ".tmp", "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(path + ".tmp", path)
+        self.tags[PREDICTIONS_TAG] = os.path.abspath(path)
+        return path
 
     @property
     def intermediate(self) -> list[tuple[int, float]]:
