@@ -97,6 +97,25 @@ def test_every_mlflow_run_points_to_the_commit_and_the_data(reproduced):
     assert len(models) == 1 and models[0].source_run_id == study.info.run_id
     assert models[0].tags["mlflow.source.git.commit"] == commit
     assert models[0].tags["dvc.data_hash"] == data
+    version = client.get_model_version_by_alias("digits", "champion")
+    report = json.loads((repo / "results" / "search" / "report.json").read_text())
+    assert int(version.version) == 1 and version.run_id == study.info.run_id
+    assert version.tags["mlflow.source.git.commit"] == commit
+    assert version.tags["dvc.data_hash"] == data
+    assert version.tags["hpo.study_run_id"] == study.info.run_id
+    assert version.tags["hpo.best_trial"] == str(report["best_trial"])
+
+
+def test_forced_train_best_with_nothing_changed_registers_no_new_version(reproduced):
+    from mlflow.tracking import MlflowClient
+
+    repo, _ = reproduced
+    out = sh("dvc", "repro", "-f", "-s", "train_best", cwd=repo)
+    assert ran(out) == ["train_best"] and "unchanged, re-used digits version 1" in out
+    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    assert [int(v.version) for v in client.search_model_versions("name = 'digits'")] == [1]
+    exp = client.get_experiment_by_name("digits")
+    assert len(client.search_logged_models([exp.experiment_id])) == 1, "nothing logged again"
 
 
 def test_second_repro_does_nothing(reproduced):
@@ -113,6 +132,13 @@ def test_changing_a_search_param_reruns_from_search(reproduced):
     # another sampler proposes other floats, so the best configuration changes too
     assert ran(out) == ["search", "train_best", "evaluate"]
     assert "Stage 'prepare' didn't change, skipping" in out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    champion = client.get_model_version_by_alias("digits", "champion")
+    report = json.loads((repo / "results" / "search" / "report.json").read_text())
+    assert int(champion.version) == 2, "a new study run: a new version, champion moved"
+    assert champion.tags["hpo.study_run_id"] == report["study_run_id"]
 
 
 def test_exp_run_with_a_param_and_metrics_and_plots_show(reproduced):
@@ -133,7 +159,9 @@ def test_exp_run_with_a_param_and_metrics_and_plots_show(reproduced):
     plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=repo))["data"]
     assert {"results/search/plots/history.png", "results/search/plots/importance.png",
             "results/search/plots/parallel_coordinates.png",
-            "results/search/plots/learning_curves.png",
+            "results/search/plots/learning_curves.png", "results/search/plots/regret.png",
+            "results/search/plots/partial_dependence.png",
+            "results/search/plots/partial_dependence_2d.png",
             "results/evaluate/confusion.csv", "optimization history"} == set(plots)
     html = sh("dvc", "plots", "show", "-o", "dvc_plots", cwd=repo)
     assert "dvc_plots/index.html" in html and (repo / "dvc_plots" / "index.html").is_file()

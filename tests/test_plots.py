@@ -96,8 +96,10 @@ def test_save_plots_skips_curves_without_reports(tmp_path):
     for t in study.trials:
         t.intermediate = []
     paths = save_plots(study, tmp_path)
-    assert sorted(paths) == ["history", "importance", "parallel_coordinates"]
+    assert sorted(paths) == ["history", "importance", "parallel_coordinates",
+                             "partial_dependence", "partial_dependence_2d", "regret"]
     assert all(p.stat().st_size > 10_000 for p in paths.values())
     empty = SimpleNamespace(name="e", trials=[], metrics=["loss"], modes=["min"], space=SPACE)
-    assert sorted(save_plots(empty, tmp_path / "e")) == ["history", "importance",
-                                                          "parallel_coordinates"]
+    assert sorted(save_plots(empty, tmp_path / "e")) == [
+        "history", "importance", "parallel_coordinates", "partial_dependence",
+        "partial_dependence_2d", "regret"]
