@@ -5,10 +5,10 @@ older pipeline state, tags on the version, and a model logged only when it is ne
 from __future__ import annotations
 
 import pytest
+from mlflow_store import fresh_store
 
 from hpo_mlops.errors import ConfigError
 from hpo_mlops.model_registry import CHAMPION, REGISTRY_KEY, register_model
-from tests.mlflow_store import fresh_store
 
 
 @pytest.fixture
