@@ -520,6 +520,7 @@ from hpo_mlops.cli_tokens import token_app  # noqa: E402 - its commands use _err
 app.add_typer(token_app, name="token")
 
 import hpo_mlops.cli_plot  # noqa: E402,F401 - registers `plot` (it uses _errors above)
+import hpo_mlops.cli_serve  # noqa: E402,F401 - registers `serve` (it uses _errors above)
 
 
 @cluster_app.command("job-script")

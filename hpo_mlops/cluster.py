@@ -97,7 +97,8 @@ class LocalClusterFactory(ClusterFactory):
     def __init__(self, n_workers: int | None = None, threads_per_worker: int = 1,
                  processes: bool = True, worker_timeout: float | None = DEFAULT_WORKER_TIMEOUT,
                  **options: Any) -> None:
-        if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
+        # 0 is a scheduler alone: a service whose trials all come from HTTP clients
+        if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 0):
             raise ConfigError(f"cluster.n_workers: must be an integer >= 1, got {n_workers!r}")
         #: how long the study may go on with every worker gone (they do not come back on
         #: their own: a LocalCluster's nanny restarts a crashed worker, not a closed one)
@@ -110,7 +111,8 @@ class LocalClusterFactory(ClusterFactory):
         from distributed import LocalCluster
 
         opts = dict(self.options)
-        opts["n_workers"] = opts["n_workers"] or os.cpu_count() or 1
+        if opts["n_workers"] is None:
+            opts["n_workers"] = os.cpu_count() or 1
         opts.setdefault("silence_logs", logging.ERROR)
         # any free port: a second study (or another cluster) on this machine must not clash
         opts.setdefault("dashboard_address", ":0")

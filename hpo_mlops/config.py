@@ -591,13 +591,14 @@ def build_study(cfg: Config | Mapping[str, Any] | str | os.PathLike[str],
     )
 
 
-def optimize_kwargs(cfg: Config) -> dict[str, Any]:
+def optimize_kwargs(cfg: Config, need_objective: bool = True) -> dict[str, Any]:
     """Keyword arguments of :meth:`Study.optimize` from the config (no client: the caller
-    adds ``client=`` when it runs the cluster itself)."""
+    adds ``client=`` when it runs the cluster itself). ``need_objective=False`` (a served
+    study, whose trials may all come from HTTP clients): no objective gives ``None``."""
     from hpo_mlops.objective import Command
 
     obj = cfg.objective
-    if obj is None:
+    if obj is None and need_objective:
         raise ConfigError("objective: required to run the study (a function or a command)")
     kwargs: dict[str, Any] = {
         "n_trials": cfg.study.n_trials, "timeout": cfg.study.timeout,
@@ -606,14 +607,16 @@ def optimize_kwargs(cfg: Config) -> dict[str, Any]:
         "checkpoint_dir": (str(cfg.base_dir / cfg.study.checkpoint_dir)
                            if cfg.study.checkpoint_dir else None),
     }
-    if obj.function is not None:
+    if obj is None:
+        kwargs["objective"] = None
+    elif obj.function is not None:
         kwargs["objective"] = ImportedFunction(obj.function, cfg.base_dir)
     else:
         cwd = str((cfg.base_dir / obj.cwd) if obj.cwd else cfg.base_dir)
         kwargs["objective"] = Command(obj.command, cwd=cwd,
                                       env={k: str(v) for k, v in obj.env.items()},
                                       metric=_as_list(cfg.study.metric)[0])
-    if obj.setup is not None:
+    if obj is not None and obj.setup is not None:
         kwargs["setup"] = ImportedFunction(obj.setup, cfg.base_dir, "objective.setup",
                                            obj.setup_args)
     if cfg.cluster.address is not None:

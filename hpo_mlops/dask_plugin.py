@@ -17,16 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
 from hpo_mlops import registry
-from hpo_mlops.ledger import Ledger, from_wire, rebuild_rule
+from hpo_mlops.ledger import Ledger, SlotJob, from_wire, rebuild_rule
 from hpo_mlops.results import Result, TrialState
 from hpo_mlops.schedulers.base import Decision, Scheduler
 
@@ -47,6 +50,11 @@ class _Hub:
         self.waiting: dict[str, int] = {}
         self.manager: asyncio.Future | None = None
         self.sent: dict[str, int] = {}  # history items sent to each worker process
+        #: trials running for HTTP clients (hpo-mlops serve): their lease and reports
+        self.remote: dict[int, RemoteJob] = {}
+        #: outcomes already recorded for a remote job (a tell retried after a lost answer)
+        self.told: dict[str, str] = {}
+        self.demand = 0  # HTTP asks waiting for the central sampler's next configuration
 
     def pop_ready(self) -> tuple[dict, str] | None:
         return self.ready.popleft() if self.ready else None
@@ -70,6 +78,31 @@ class _Hub:
         return {"start": start, "history": history[start:]}
 
 
+@dataclass
+class RemoteJob:
+    """A job handed to an HTTP client: whose, until when, what it reported so far."""
+
+    job: str  # "<trial>.<attempt>.<job index>": names this very job in report and tell
+    client: str
+    lease: float
+    deadline: float
+    start: float
+    reports: list[list[Any]] = field(default_factory=list)
+    prune: bool = False  # the answer to the last report (a report sent again gets it again)
+
+
+def _job_id(job: SlotJob, rec: Any) -> str:
+    return f"{job.number}.{job.attempt}.{len(rec.jobs)}"
+
+
+class RemoteError(Exception):
+    """An HTTP client's request the ledger cannot take; ``status`` is the HTTP code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class HubPlugin(SchedulerPlugin):
     name = PLUGIN_NAME
     idempotent = True  # one per Dask scheduler, shared by every study on it
@@ -83,6 +116,8 @@ class HubPlugin(SchedulerPlugin):
             "hpo_next": self.next_job, "hpo_events": self.events, "hpo_push": self.push,
             "hpo_end_new": self.end_new, "hpo_stop": self.stop, "hpo_state": self.state,
             "hpo_info": self.info, "hpo_forget": self.forget,
+            "hpo_ask": self.ask, "hpo_remote_report": self.remote_report,
+            "hpo_tell": self.tell,
         })
 
     # -- the manager's calls ----------------------------------------------------------------
@@ -105,12 +140,14 @@ class HubPlugin(SchedulerPlugin):
         hub = self.hubs.get(key)
         if hub is None:
             return {"events": [], "queued": 0}
+        self._sweep(hub)
         if not hub.ledger.events and wait > 0:
             hub.manager = asyncio.get_running_loop().create_future()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(hub.manager, wait)
             hub.manager = None
-        return {"events": hub.ledger.take_events(), "queued": len(hub.ready)}
+        return {"events": hub.ledger.take_events(), "queued": len(hub.ready),
+                "demand": hub.demand}
 
     def push(self, key: str, params: list[dict], origins: list[str]) -> int:
         """Params a central sampler asked ahead; answers how many are queued now."""
@@ -211,6 +248,145 @@ class HubPlugin(SchedulerPlugin):
             hub.manager.set_result(None)
         return STOP
 
+    # -- HTTP clients' calls (hpo-mlops serve) ---------------------------------------------
+    async def ask(self, key: str, client: str, lease: float, wait: float = 10.0) -> dict:
+        """A job for an HTTP client, as a slot's ``hpo_next`` gives one, under a lease.
+
+        Waits up to ``wait`` s for one (the central sampler's next configuration, a rung
+        decided, a rerun); then answers why there is none. ``over``: none will ever come.
+        """
+        hub = self.hubs.get(key)
+        if hub is None:
+            return {"job": None, "over": True, "reason": "the study is not running"}
+        ledger = hub.ledger
+        until = time.monotonic() + wait
+        while True:
+            self._sweep(hub)
+            if not (ledger.stopped or ledger.done):
+                job = ledger.assign(f"http:{client}", hub.pop_ready)
+                if job is not None:
+                    now = time.time()
+                    remote = RemoteJob(_job_id(job, ledger.trials[job.number]), client, lease,
+                                       now + lease, now)
+                    hub.remote[job.number] = remote
+                    hub.wake(1)
+                    return {"job": {**job.to_wire(), "job": remote.job, "lease": lease}}
+                if ledger.idle():
+                    if not ledger.stopped:
+                        ledger.finish()
+                    hub.wake()
+            if ledger.stopped or ledger.done:
+                return {"job": None, "over": True, "reason": _over(ledger)}
+            left = until - time.monotonic()
+            if left <= 0:
+                return {"job": None, "over": False, "reason": _why_none(ledger),
+                        "retry_after": 1.0}
+            wants = ledger.wants_new() and not hub.ready
+            if wants:  # the manager pushes what waiting asks need on its next poll
+                hub.demand += 1
+                hub.wake(0)
+            fut = asyncio.get_running_loop().create_future()
+            hub.waiters.append(fut)
+            try:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(fut, min(left, 1.0))
+            finally:
+                if wants:
+                    hub.demand -= 1
+            if self.hubs.get(key) is not hub:
+                return {"job": None, "over": True, "reason": "the study is not running"}
+
+    def _remote(self, key: str, trial: int, job: str | None, told: bool = False) -> Any:
+        """The remote job a report or tell is about, or the reason it cannot be taken."""
+        hub = self.hubs.get(key)
+        if hub is None:
+            raise RemoteError(409, "the study is not running")
+        rec = hub.ledger.trials.get(trial)
+        if rec is None:
+            raise RemoteError(404, f"trial: {trial} is not a trial of this study "
+                                   f"(its trials are 0 to {hub.ledger.next_number - 1})")
+        remote = hub.remote.get(trial)
+        if remote is not None and (job is None or job == remote.job):
+            return hub, remote
+        if told:
+            return hub, None
+        if rec.state.finished:
+            raise RemoteError(409, f"trial: {trial} has finished ({rec.state.value}); it "
+                                   "takes no more reports")
+        if remote is not None:
+            raise RemoteError(409, f"job: {job!r} of trial {trial} is over; its current "
+                                   f"job is {remote.job!r}")
+        if trial in hub.ledger.running:
+            raise RemoteError(409, f"trial: {trial} runs on a Dask worker, not for an HTTP "
+                                   "client")
+        raise RemoteError(409, f"trial: {trial} is not running ({rec.state.value}): its lease "
+                               "expired or it waits at a rung; ask for a trial")
+
+    def remote_report(self, key: str, trial: int, step: int, value: float,
+                      job: str | None = None) -> dict:
+        """A report from an HTTP client: renews the lease; answers whether to stop."""
+        try:
+            hub, remote = self._remote(key, trial, job)
+        except RemoteError as exc:
+            return {"status": exc.status, "error": str(exc)}
+        if remote.reports and step <= remote.reports[-1][0]:
+            if [step, value] == remote.reports[-1]:  # the same report, sent again
+                return {"prune": remote.prune, "duplicate": True}
+            return {"status": 422, "error": f"step: steps must increase, got step={step} "
+                                            f"after step={remote.reports[-1][0]}"}
+        remote.deadline = time.time() + remote.lease
+        remote.reports.append([step, value])
+        remote.prune = hub.ledger.report(trial, step, value) == Decision.STOP.value
+        return {"prune": remote.prune}
+
+    def tell(self, key: str, trial: int, out: dict, job: str | None = None) -> dict:
+        """An HTTP client's outcome of its job: recorded once, however often it is sent."""
+        try:
+            hub, remote = self._remote(key, trial, job, told=True)
+        except RemoteError as exc:
+            return {"status": exc.status, "error": str(exc)}
+        ledger = hub.ledger
+        digest = json.dumps(out, sort_keys=True, default=str)
+        if remote is None:
+            last = hub.told.get(trial)
+            if last is not None and (job is None or job == last[0]):
+                if last[1] == digest:
+                    return {"recorded": False, "duplicate": True,
+                            "state": ledger.trials[trial].state.value}
+                return {"status": 409, "error": f"trial: {trial} was already told another "
+                                                "outcome; it is recorded once"}
+            try:
+                self._remote(key, trial, job)
+            except RemoteError as exc:
+                return {"status": exc.status, "error": str(exc)}
+        del hub.remote[trial]
+        hub.told[trial] = (remote.job, digest)
+        outcome = {**out, "intermediate": remote.reports, "start": remote.start,
+                   "end": time.time(), "worker": f"http:{remote.client}"}
+        if outcome.get("state") == "PRUNED" and remote.reports:
+            outcome.setdefault("pruned_step", remote.reports[-1][0])
+        ledger.finish_job(trial, outcome)
+        if ledger.idle() and not ledger.stopped:
+            ledger.finish()
+        hub.wake()
+        return {"recorded": True, "duplicate": False, "state": ledger.trials[trial].state.value}
+
+    @staticmethod
+    def _sweep(hub: _Hub) -> None:
+        """Jobs whose client sent nothing within their lease: the client vanished, so the
+        trial runs again (``max_retries``, as for a lost worker), for whoever asks next."""
+        now = time.time()
+        for number, remote in list(hub.remote.items()):
+            if remote.deadline >= now:
+                continue
+            del hub.remote[number]
+            rec = hub.ledger.trials.get(number)
+            if rec is not None:
+                rec.tags["hpo.leases_expired"] = str(int(rec.tags.get("hpo.leases_expired", 0)) + 1)
+            hub.ledger.lost(number, f"its lease of {remote.lease:g} s expired: client "
+                                    f"{remote.client!r} sent no report or tell")
+            hub.wake()
+
     # -- cluster events ---------------------------------------------------------------------
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         """A worker left: its running trials are lost (retried, or failed after
@@ -225,6 +401,21 @@ class HubPlugin(SchedulerPlugin):
         """A manager gone without ``hpo_forget`` (killed): drop its studies' ledgers."""
         for key in [k for k, h in self.hubs.items() if h.client == client]:
             self.forget(key)
+
+
+def _over(ledger: Ledger) -> str:
+    if ledger.stopped:
+        return "the study was stopped (Ctrl-C, max_failures or its store is gone)"
+    return f"the study has finished: all of its n_trials={ledger.n_trials} trials ended"
+
+
+def _why_none(ledger: Ledger) -> str:
+    if not ledger._new_allowed():
+        return (f"every new trial has started ({len(ledger.running)} running); ask again: a "
+                "promotion, or a trial whose client vanished, may come")
+    if ledger.plans:
+        return "the rule waits for the trials running at this rung before it plans more"
+    return "the sampler has no configuration ready yet"
 
 
 # -- the worker side --------------------------------------------------------------------------

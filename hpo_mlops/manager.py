@@ -47,7 +47,7 @@ class Run:
                  n_trials: int | None, timeout: float | None, max_concurrent: int | None,
                  max_failures: int | None, resources: dict | None, queue_per_worker: int,
                  max_retries: int = 3, checkpoint_dir: str | None = None,
-                 asks: str = "auto") -> None:
+                 asks: str = "auto", serving: bool = False) -> None:
         self.study, self.client = study, client
         self.key = f"{study.name}-{uuid.uuid4().hex[:8]}"
         self.plugin_name = f"hpo-study-{self.key}"
@@ -57,7 +57,12 @@ class Run:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout if timeout else math.inf
         self.max_concurrent, self.queue_per_worker = max_concurrent, queue_per_worker
-        self.central = study.asks_centrally(asks)
+        #: trials also come from HTTP clients (hpo-mlops serve): asks are central, the
+        #: study waits for clients instead of stopping when it has no worker, and it runs
+        #: no slot when there is no objective to run
+        self.serving = serving
+        self.central = study.asks_centrally("central" if serving else asks)
+        self._stop_requested = False
         # per study run, below the given root too: a resumed study finds its checkpoints, a
         # new run (resume=False) or another study sharing the root does not
         self.checkpoint_root = os.path.join(
@@ -99,7 +104,8 @@ class Run:
             self._push(self._refresh_slots())
             # A batch cluster starts empty: wait (bounded) for a first worker, and say why
             # none came rather than waiting on futures for ever.
-            wait_for_workers(self.client)
+            if not self.serving:
+                wait_for_workers(self.client)
             while not self.over:
                 self._step()
         except ClusterError:
@@ -124,6 +130,8 @@ class Run:
 
     def _step(self) -> None:
         """One turn of the loop: events in, asks out, the cluster and the clock checked."""
+        if self._stop_requested:
+            raise KeyboardInterrupt
         reply = self._call("hpo_events", wait=POLL)
         self.queued = reply["queued"]
         self.study.bind_asked(reply["events"])
@@ -143,10 +151,16 @@ class Run:
         if now - self._slots_at > 1.0:  # scheduler_info is a round trip: once a second
             free = self._refresh_slots()
         if self.central:
-            self._push(max(free, self.queue_per_worker * max(1, self._n_workers) - self.queued))
+            ahead = self.queue_per_worker * max(1, self._n_workers)
+            self._push(max(free, ahead + reply.get("demand", 0) - self.queued))
         if now - self._saved_at > STATE_EVERY:
             self._saved_at = now
             self.study.save_rule_state(self._call("hpo_state"))
+
+    def request_stop(self) -> None:
+        """Stop from another thread as Ctrl-C would (the service shutting down): the
+        running trials are recorded INTERRUPTED and the study stays resumable."""
+        self._stop_requested = True
 
     def _count(self, kind: str, rec: Any) -> None:
         if kind == FINISHED and rec.state is TrialState.FAILED:
@@ -204,8 +218,11 @@ class Run:
         theirs, a lost worker's slots end with it. Returns how many slots were started."""
         self._slots_at = time.monotonic()
         workers = self.client.scheduler_info(n_workers=-1)["workers"]
-        self._check_workers(len(workers))
+        if not self.serving:  # a service waits for HTTP clients, workers or not
+            self._check_workers(len(workers))
         self._n_workers = len(workers)
+        if self.objective is None:
+            return 0
         for fut in [f for f, w in self.slots.items() if f.done() or (w and w not in workers)]:
             if not fut.done():
                 fut.cancel()  # pinned to a worker that left: it would wait for ever

@@ -107,6 +107,9 @@ class Study:
         self._n_asked = 0
         self._best: TrialRecord | None = None
         self.budget_summary: dict[str, Any] | None = None
+        #: the ``optimize`` call running now (its ``key`` names the study run on the Dask
+        #: scheduler; ``request_stop()`` stops it from another thread), else ``None``
+        self.active_run: Run | None = None
         self.table.subscribe(self._on_event)
 
     @classmethod
@@ -258,6 +261,7 @@ class Study:
         max_retries: int = 3,
         checkpoint_dir: str | None = None,
         asks: str = "auto",
+        serving: bool = False,
     ) -> Study:
         """Run trials until ``n_trials`` (in total) are finished or ``timeout`` seconds passed.
 
@@ -275,6 +279,10 @@ class Study:
         asking for its own slots over the shared history (a sampler must be ``replicable``);
         ``"central"`` asks here, a few configurations ahead of the slots; ``"auto"`` (the
         default) picks ``"workers"`` where the sampler allows it (see docs/design.md).
+        ``serving``: trials also come from HTTP clients (``hpo-mlops serve``, see
+        docs/service.md): asks are central, the study waits for clients rather than
+        stopping without workers, ``objective`` may be ``None`` (HTTP clients only) and,
+        with neither ``n_trials`` nor ``timeout``, it runs until the service stops.
         """
         _check_positive(n_trials=n_trials, max_concurrent=max_concurrent, n_workers=n_workers)
         if timeout is not None and not (is_number(timeout) and timeout > 0):
@@ -283,16 +291,21 @@ class Study:
             raise ConfigError(f"max_failures: must be an integer >= 0, got {max_failures!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigError(f"max_retries: must be an integer >= 0, got {max_retries!r}")
-        if n_trials is None and timeout is None and not hasattr(self.sampler, "size"):
+        if (n_trials is None and timeout is None and not hasattr(self.sampler, "size")
+                and not serving):
             raise ConfigError("give n_trials or timeout (or both): nothing else ends the study")
-        fn = make_objective(objective, self.metrics[0])
+        fn = None if objective is None and serving else make_objective(objective, self.metrics[0])
         self.asks_centrally(asks)  # refuse a bad value before anything starts
         self._open()
         with connect(client, address, cluster, n_workers) as dask_client:
             run = Run(self, dask_client, fn, setup, n_trials, timeout, max_concurrent,
                       max_failures, resources, queue_per_worker, max_retries, checkpoint_dir,
-                      asks)
-            run.execute()
+                      asks, serving)
+            self.active_run = run
+            try:
+                run.execute()
+            finally:
+                self.active_run = None
         return self
 
     def _load(self) -> None:
