@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,7 +47,8 @@ def objective(params: dict, trial: Any) -> float:
 @contextlib.contextmanager
 def served(tmp_path: Path, name: str = "svc", n_trials: int | None = 12,
            scheduler: Any = "fifo", lease: float = 300.0, workers: int = 0,
-           objective_fn: Any = None, **study_kw: Any) -> Iterator[dict[str, Any]]:
+           objective_fn: Any = None, tls: tuple[str, str] | None = None,
+           **study_kw: Any) -> Iterator[dict[str, Any]]:
     """A running service of one study; yields its URL, tokens and the Study."""
     import uvicorn
 
@@ -65,13 +67,14 @@ def served(tmp_path: Path, name: str = "svc", n_trials: int | None = 12,
     service = Service([(study, kwargs)], tokens, workers=workers, lease=lease, ask_wait=2.0)
     service.start()
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(service), host="127.0.0.1", port=port, log_level="warning",
+        ssl_certfile=tls and tls[0], ssl_keyfile=tls and tls[1]))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.02)
-    base = f"http://127.0.0.1:{port}"
+    base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
         yield {"base": base, "url": f"{base}/studies/{name}", "token": secret, "other": other,
                "tokens": tokens, "study": study, "service": service, "uri": uri}
@@ -249,6 +252,21 @@ def test_remote_study_retries_while_the_service_is_unreachable(tmp_path):
     with pytest.raises(RemoteError, match="cannot reach .* gave up after retrying for 1 s"):
         remote.ask()
     assert time.monotonic() - start >= 0.7  # it retried rather than failing at once
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_https_with_a_certificate(tmp_path):
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    with served(tmp_path, n_trials=3, tls=(cert, key)) as s:
+        assert s["base"].startswith("https://")
+        with pytest.raises(requests.exceptions.SSLError):  # not a certificate it trusts
+            requests.get(f"{s['base']}/api/v1/health", timeout=10)
+        ran = RemoteStudy(s["url"], s["token"], verify=cert).optimize(objective)
+        wait_done(s["study"], 3)
+    assert ran == 3 and len(s["study"].trials) == 3
 
 
 @pytest.mark.slow
