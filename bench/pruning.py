@@ -21,7 +21,9 @@ Tasks, epochs as the budget (max 81, eta 3; ``--max-budget`` to change):
 Contenders: no pruning (fifo), median, asha, asha_promotion, hyperband, async_hyperband on hpo-mlops
 (2-worker LocalCluster), and Optuna's study.optimize(n_jobs=2) with HyperbandPruner, side
 by side, all with the same sampler (``--sampler tpe``, the default, so tpe + hyperband is
-BOHB-like; or ``random``, the setting of the ASHA and Hyperband papers). No pruning runs
+BOHB-like; or ``random``, the setting of the ASHA and Hyperband papers). ``dehb`` is DEHB
+(plugins/hpo_mlops_dehb) as the sampler, which picks each trial's budget in its own Hyperband
+brackets (min 1, max, eta as above), under fifo; ``--sampler`` does not apply to it. No pruning runs
 ``--trials`` trials, every pruning contender 4x as many, which costs them about the same
 budget or less: the question is how much budget each needs to reach the target, not how
 far a fixed number of trials gets. Every epoch is appended with its time to a log; after a
@@ -203,6 +205,11 @@ def hpo_objective(task, log_path):
 def run_hpo(task, rule, seed, n_trials, client, log_path, sampler="tpe"):
     from hpo_mlops.study import Study
 
+    spec = {"name": sampler, "seed": seed}
+    if rule == "dehb":  # DEHB is the sampler and picks each trial's budget; fifo runs it there
+        spec = {"name": "dehb", "seed": seed, "min_budget": 1, "max_budget": MAX_BUDGET,
+                "eta": ETA}
+        rule = "fifo"
     scheduler = {"name": rule, "max_budget": MAX_BUDGET}
     if rule not in ("fifo", "median"):  # the rung rules
         scheduler.update(min_budget=1, eta=ETA)
@@ -210,7 +217,7 @@ def run_hpo(task, rule, seed, n_trials, client, log_path, sampler="tpe"):
         scheduler.update(min_trials=5, warmup_steps=1)
     _, _, space, setup = TASKS[task]
     study = Study(f"bench-{task}-{rule}-{seed}", space, metric="accuracy", mode="max",
-                  sampler={"name": sampler, "seed": seed}, scheduler=scheduler, tracking=False)
+                  sampler=spec, scheduler=scheduler, tracking=False)
     study.optimize(hpo_objective(task, log_path), n_trials=n_trials, client=client,
                    setup=setup, checkpoint_dir=tempfile.mkdtemp())
     return study
@@ -343,7 +350,8 @@ def main() -> None:
                          "given about the budget of fifo, not the same number of trials)")
     ap.add_argument("--tasks", default="digits,synthetic,deceptive")
     ap.add_argument("--rules",
-                    default="fifo,median,asha,asha_promotion,hyperband,async_hyperband,optuna")
+                    default="fifo,median,asha,asha_promotion,hyperband,async_hyperband,dehb,"
+                            "optuna")
     ap.add_argument("--max-budget", type=int, default=MAX_BUDGET)
     ap.add_argument("--skip-latency", action="store_true", help="skip the plugin's latency run")
     ap.add_argument("--sampler", choices=["tpe", "random"], default="tpe")

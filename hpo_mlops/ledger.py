@@ -37,6 +37,11 @@ STARTED, PAUSED, FINISHED, INTERRUPTED, RETRIED, DONE = (
 #: the format of :meth:`Ledger.state` (the study run's ``hpo/scheduler_state.json``)
 STATE_VERSION = 1
 
+#: a queued new trial's params may carry its budget under this key (not an identifier, so
+#: never a parameter's name): a sampler that chooses budgets (``Sampler.chooses_budgets``,
+#: DEHB) decides it, not the rule; the ledger takes it off before the trial starts
+BUDGET_KEY = "hpo.budget"
+
 
 @dataclass
 class SlotJob:
@@ -149,10 +154,13 @@ class Ledger:
                     asked = ask()
                     if asked is None:
                         return None  # the central sampler has none ready: wait for it
-                    rec = TrialRecord(self.next_number, dict(asked[0]))
+                    params = dict(asked[0])
+                    # a sampler that chooses budgets (DEHB) put this trial's on its params
+                    budget = params.pop(BUDGET_KEY, job.budget)
+                    rec = TrialRecord(self.next_number, params)
                     self.trials[rec.number] = rec
                     self.next_number += 1
-                    job_out = self._run(rec, job.budget, job.bracket, worker, asked[1])
+                    job_out = self._run(rec, budget, job.bracket, worker, asked[1])
                     if not self._new_allowed():
                         self.end_new()  # the last new trial: the rule may decide rungs now
                     return job_out

@@ -18,7 +18,7 @@ from typing import Any
 from hpo_mlops import registry
 from hpo_mlops.cluster import connect
 from hpo_mlops.errors import ConfigError
-from hpo_mlops.ledger import FINISHED, INTERRUPTED, PAUSED
+from hpo_mlops.ledger import BUDGET_KEY, FINISHED, INTERRUPTED, PAUSED
 from hpo_mlops.manager import ASKS, Run
 from hpo_mlops.objective import make_objective
 from hpo_mlops.results import TrialRecord, TrialState, is_number
@@ -88,6 +88,11 @@ class Study:
         # Build it here once to validate options before anything runs.
         self._scheduler_rule = registry.create(registry.SCHEDULERS, scheduler, Scheduler,
                                                mode=modes[0])
+        if getattr(self.sampler, "chooses_budgets", False) and self._scheduler_rule.plans_budgets:
+            raise ConfigError(
+                f"scheduler: {self._scheduler_rule.name!r} plans the trials' budgets, but "
+                f"sampler {self.sampler.name!r} chooses each trial's budget itself; use a rule "
+                "that plans none: fifo (or asha / median to stop trials early too)")
         self.scheduler_spec = scheduler
         self.seed = seed
         self.resume = resume
@@ -392,7 +397,11 @@ class Study:
             origin = f"central#{self._n_asked}"
             self._asked[origin] = p
             origins.append(origin)
-        return [dict(p) for p in params], origins
+        budget_of = (self.sampler.budget_of if getattr(self.sampler, "chooses_budgets", False)
+                     else lambda _: None)
+        budgets = [budget_of(p) for p in params]  # the ledger takes it off (DEHB's fidelity)
+        return [dict(p) if b is None else {**p, BUDGET_KEY: b}
+                for p, b in zip(params, budgets, strict=True)], origins
 
     def bind_asked(self, events: list[list[Any]]) -> None:
         """New trials in these events get the dict the sampler asked for them."""

@@ -83,6 +83,11 @@ class Sampler(ABC):
     #: default, ``False``: one central sampler asks. A third-party sampler declares it
     #: itself; not declaring it is the safe choice.
     replicable: ClassVar[bool] = False
+    #: does it choose each new trial's budget along with its configuration (DEHB picks a
+    #: fidelity per job)? Then ``budget_of`` gives it, the trial runs at that budget, and
+    #: the study refuses a rule that plans budgets itself (hyperband, sha). Budgets travel
+    #: with central asks only, so such a sampler keeps ``replicable = False``.
+    chooses_budgets: ClassVar[bool] = False
 
     name: str = ""
 
@@ -129,6 +134,11 @@ class Sampler(ABC):
         points, a seeded model-based sampler changes its seed. Why: otherwise a resumed
         seeded study proposes the configurations it already ran.
         """
+
+    def budget_of(self, params: Params) -> Any:
+        """The budget chosen for ``params`` (a dict ``ask`` just returned) when
+        ``chooses_budgets``; ``None``: the rule's budget."""
+        return None
 
     def running(self, params: Params) -> None:
         """A trial another copy of this sampler proposed has started with ``params``.
