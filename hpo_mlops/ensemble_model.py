@@ -24,6 +24,10 @@ class EnsembleModel(PythonModel):
     DataFrame with ``mean``, ``variance``, ``aleatoric`` and ``epistemic`` columns.
     """
 
+    #: MLflow's own switch (as for its ChatModel): no type-hint schema for ``predict``, and
+    #: no warning, when the class is defined, that it has none (on purpose: see ``predict``)
+    _skip_type_hint_validation = True
+
     def __init__(self, models: list[Any], weights: list[float], kind: str,
                  members: list[int] | None = None) -> None:
         if kind not in KINDS:

@@ -33,6 +33,16 @@ def ran(output: str) -> list[str]:
     return re.findall(r"Running stage '(\w+)'", output)
 
 
+def without_ensemble(stages: list[str]) -> list[str]:
+    """The stages but ``ensemble`` (DVC may run it anywhere after ``search``)."""
+    return [s for s in stages if s != "ensemble"]
+
+
+def logged(client, exp, name: str) -> list:
+    """The experiment's logged models called ``name`` ("model": train_best's)."""
+    return [m for m in client.search_logged_models([exp.experiment_id]) if m.name == name]
+
+
 def lock_hash(repo: Path, path: str = "data/prepared") -> str:
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     return next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == path)
@@ -66,7 +76,8 @@ def reproduced(repo: Path) -> tuple[Path, str]:
 
 def test_repro_runs_the_whole_pipeline_offline(reproduced):
     repo, out = reproduced
-    assert ran(out) == ["prepare", "search", "train_best", "evaluate"]
+    assert without_ensemble(ran(out)) == ["prepare", "search", "train_best", "evaluate"]
+    assert "ensemble" in ran(out)
     assert (repo / "models" / "model.pkl").is_file()
     report = json.loads((repo / "results" / "search" / "report.json").read_text())
     assert report["n_trials"] == 6 and report["complete"] >= 1
@@ -93,7 +104,7 @@ def test_every_mlflow_run_points_to_the_commit_and_the_data(reproduced):
     assert study.data.metrics["test_accuracy"] > 0.85
     plots = {a.path for a in client.list_artifacts(study.info.run_id, "plots")}
     assert "plots/history.png" in plots and "plots/learning_curves.png" in plots
-    models = client.search_logged_models([exp.experiment_id])
+    models = logged(client, exp, "model")
     assert len(models) == 1 and models[0].source_run_id == study.info.run_id
     assert models[0].tags["mlflow.source.git.commit"] == commit
     assert models[0].tags["dvc.data_hash"] == data
@@ -115,7 +126,38 @@ def test_forced_train_best_with_nothing_changed_registers_no_new_version(reprodu
     client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
     assert [int(v.version) for v in client.search_model_versions("name = 'digits'")] == [1]
     exp = client.get_experiment_by_name("digits")
-    assert len(client.search_logged_models([exp.experiment_id])) == 1, "nothing logged again"
+    assert len(logged(client, exp, "model")) == 1, "nothing logged again"
+
+
+def test_ensemble_stage_writes_its_metrics_and_a_pyfunc_model_mlflow_loads(reproduced):
+    import pickle
+
+    import mlflow.pyfunc
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    repo, _ = reproduced
+    metrics = json.loads((repo / "results" / "ensemble" / "metrics.json").read_text())
+    chosen = json.loads((repo / "results" / "ensemble" / "ensemble.json").read_text())
+    assert metrics["accuracy"] > 0.85 and metrics["best_single_accuracy"] > 0.85
+    assert metrics["val_log_loss"] <= metrics["best_single_val_log_loss"] + 1e-9
+    assert len(chosen["members"]) == metrics["n_members"] and sum(chosen["weights"]) == \
+        pytest.approx(1)
+    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    exp = client.get_experiment_by_name("digits")
+    (model,) = logged(client, exp, "ensemble")
+    report = json.loads((repo / "results" / "search" / "report.json").read_text())
+    assert model.source_run_id == report["study_run_id"]
+    with np.load(repo / "data" / "prepared" / "test.npz") as f:
+        X = f["X"]
+    local = pickle.loads((repo / "models" / "ensemble.pkl").read_bytes())
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")  # models:/ resolves through it
+    try:
+        loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert np.allclose(loaded.predict(X), local.predict(None, X))
 
 
 def test_second_repro_does_nothing(reproduced):
@@ -130,7 +172,8 @@ def test_changing_a_search_param_reruns_from_search(reproduced):
     params.write_text(params.read_text().replace("sampler: tpe", "sampler: random"))
     out = sh("dvc", "repro", cwd=repo)
     # another sampler proposes other floats, so the best configuration changes too
-    assert ran(out) == ["search", "train_best", "evaluate"]
+    assert without_ensemble(ran(out)) == ["search", "train_best", "evaluate"]
+    assert "ensemble" in ran(out)
     assert "Stage 'prepare' didn't change, skipping" in out
     from mlflow.tracking import MlflowClient
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from hpo_mlops.ensemble import probabilities
+
 DEFAULT_EPOCHS = 27
 
 
@@ -63,5 +65,7 @@ def objective(params: dict[str, Any], trial: Any) -> dict[str, float]:
 
     fit_epochs(model, data["X_train"], data["y_train"], int(trial.budget or DEFAULT_EPOCHS),
                on_epoch=on_epoch)
+    # for the `ensemble` stage: class probabilities on the validation split (a .npz file)
+    trial.save_predictions(probabilities(model, data["X_val"]), data["y_val"])
     return {"accuracy": last["accuracy"],
             "train_accuracy": float(model.score(data["X_train"], data["y_train"]))}
