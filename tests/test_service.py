@@ -154,8 +154,13 @@ def test_bad_requests_get_a_4xx_naming_the_field(tmp_path):
         assert r.status_code == 422 and "body.value" in r.json()["detail"]
         r = api(s, f"trials/{n}/tell", json={"error": "x" * 70_000, "state": "FAILED"})
         assert r.status_code == 413
-        assert api(s, f"trials/{n}/report", json={"step": 2, "value": 1.0}).json() == {
-            "prune": False}
+        chunked = {"Content-Type": "application/json"}  # a generator body: no Content-Length
+        r = api(s, f"trials/{n}/tell", headers=chunked,
+                data=iter([b'{"state": "FAILED", "error": "', b"x" * 70_000, b'"}']))
+        assert r.status_code == 413
+        r = api(s, f"trials/{n}/report", headers=chunked,
+                data=iter([b'{"step": 2, ', b'"value": 1.0}']))
+        assert r.json() == {"prune": False}
         r = api(s, f"trials/{n}/report", json={"step": 1, "value": 1.0})
         assert r.status_code == 422 and "steps must increase" in r.json()["detail"]
         assert api(s, f"trials/{n}/tell", json={"value": 0.5}).status_code == 200

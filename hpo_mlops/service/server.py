@@ -22,7 +22,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -239,22 +239,7 @@ def create_app(service: Service) -> FastAPI:
                               "MLflow run. Authorization: Bearer <token> (hpo-mlops token "
                               "create STUDY).")
     auth = Depends(require(service.tokens))
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > MAX_BODY:
-            return JSONResponse({"detail": f"body: {size} bytes, more than the {MAX_BODY} "
-                                           "allowed"}, status_code=413)
-        if size is None and request.method in ("POST", "PUT", "PATCH"):
-            body = b""
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_BODY:
-                    return JSONResponse({"detail": f"body: more than the {MAX_BODY} bytes "
-                                                   "allowed"}, status_code=413)
-            request._body = body  # read once here; the route reads it again from memory
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
 
     @app.exception_handler(HTTPError)
     async def http_error(_: Request, exc: HTTPError) -> JSONResponse:
@@ -346,6 +331,62 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(web.router(
         lambda: {n: s.study for n, s in service.studies.items()}, service.tokens))
     return app
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, before any handler reads them.
+
+    A plain ASGI middleware, not ``@app.middleware("http")``: Starlette's
+    ``BaseHTTPMiddleware`` adds a task and a stream per request, and py-spy showed the
+    HTTP layer as the service's bottleneck under 100 clients. A body without a
+    Content-Length (chunked) is read here, up to the limit, and handed on from memory.
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        size = dict(scope.get("headers") or ()).get(b"content-length")
+        if size is not None:
+            if size.isdigit() and int(size) > self.limit:
+                await self._refuse(send, f"body: {int(size)} bytes, more than the {self.limit} "
+                                         "allowed")
+                return
+            await self.app(scope, receive, send)
+            return
+        chunks, total, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            total += len(chunks[-1])
+            more = message.get("more_body", False)
+            if total > self.limit:
+                await self._refuse(send, f"body: more than the {self.limit} bytes allowed")
+                return
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(send: Callable, detail: str) -> None:
+        payload = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
 
 
 def _validation_message(exc: RequestValidationError) -> str:
