@@ -201,10 +201,18 @@ def bench_hpo(sampler: str, args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(d)
         with serve(tmp, name, sampler, args.trials) as s:
             hpo_clients(s, name, args.clients, args.trials, args.seconds, tally)
-            r = requests.get(f"{s['base']}/api/v1/studies/{name}/trials",
-                             headers={"Authorization": f"Bearer {s['token']}"}, timeout=60)
-            r.raise_for_status()
-            recorded = r.json()["trials"]
+            # the trials list is the manager's view, rebuilt from the ledger's events on its
+            # next poll (<= 0.25 s): wait until the last tells show there (at most 10 s)
+            until = time.monotonic() + 10
+            while True:
+                r = requests.get(f"{s['base']}/api/v1/studies/{name}/trials",
+                                 headers={"Authorization": f"Bearer {s['token']}"}, timeout=60)
+                r.raise_for_status()
+                recorded = r.json()["trials"]
+                if (not any(t["state"] == "RUNNING" for t in recorded)
+                        or time.monotonic() > until):
+                    break
+                time.sleep(0.25)
         # the server stopped (SIGINT): its MLflow writes are done
         n_runs, _ = study_children(s["uri"], name)
     complete = [t["number"] for t in recorded if t["state"] == "COMPLETE"]
