@@ -39,6 +39,9 @@ def rule_options(name: str, extra: dict[str, Any] | None = None) -> dict[str, An
         return {"max_budget": 27, **(extra or {})}
     if name == "median":
         return {"max_budget": 27, "min_trials": 3, "warmup_steps": 2, **(extra or {})}
+    if name == "pbt":  # an interval of a ninth of the budget: 9 exploit/explore points
+        budget = (extra or {}).get("max_budget", 27)
+        return {"max_budget": 27, "perturbation_interval": max(1, budget // 9), **(extra or {})}
     return {"min_budget": 1, "max_budget": 27, "eta": 3, **(extra or {})}
 
 

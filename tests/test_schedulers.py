@@ -35,6 +35,9 @@ RUNG_RULES = ["sha", "asha", "hyperband", "async_hyperband", "asha_promotion"]
 def make(name: str, **options: Any) -> Scheduler:
     if name in ("fifo", "median"):  # they refuse rung options (eta, min_budget) they don't use
         options = {k: v for k, v in options.items() if k in ("mode", "max_budget")}
+    if name == "pbt":  # no rungs: an interval instead (a ninth of the budget)
+        options = {k: v for k, v in options.items() if k in ("mode", "max_budget")}
+        options["perturbation_interval"] = max(1, options.get("max_budget", 27) // 9)
     return registry.create(registry.SCHEDULERS, {"name": name, **options}, Scheduler)
 
 

@@ -70,11 +70,17 @@ class Job:
 
     ``trial is None``: ask the sampler for a new configuration. Otherwise: run that
     (already known) trial again up to ``budget`` (a promotion in synchronous SHA).
+
+    ``params``: the trial's params for this job when the rule changed them (PBT's explore;
+    ``None``: as before). ``clone``: ``[donor, budget]``, the job starts from the donor
+    trial's checkpoint as it was at that budget (PBT's exploit; ``None``: its own).
     """
 
     trial: int | None = None
     budget: float | None = None
     bracket: int | None = None
+    params: dict[str, Any] | None = None
+    clone: list[Any] | None = None
 
 
 def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +100,12 @@ class Scheduler(ABC):
     #: True for rules that settle trials' final states (``pop_finished``) and keep per-trial
     #: info for MLflow: the manager asks them after every finished job.
     tracks_trials: ClassVar[bool] = False
+    #: True for rules that change params (PBT): the Dask plugin calls :meth:`bind_space` once
+    #: with the study's space, and the ledger calls :meth:`on_params` for each new trial.
+    needs_space: ClassVar[bool] = False
+    #: True for rules whose jobs may start from another trial's checkpoint (``Job.clone``):
+    #: slots then keep a snapshot of a trial's checkpoint folder at the end of each job.
+    clones_checkpoints: ClassVar[bool] = False
 
     def __init__(self, mode: str = "min", **options: Any) -> None:
         if mode not in ("min", "max"):
@@ -116,6 +128,12 @@ class Scheduler(ABC):
     def budget_for(self, trial: int | None) -> float | None:
         """How far a (new) trial may go; ``None`` means: as far as the objective likes."""
         return self.options.get("max_budget")
+
+    def bind_space(self, space: Any) -> None:
+        """The study's search space (``needs_space`` rules only)."""
+
+    def on_params(self, trial: int, params: dict[str, Any]) -> None:
+        """A new trial's params, just before its ``on_start`` (``needs_space`` rules only)."""
 
     def on_start(self, trial: int, budget: float | None = None, bracket: int | None = None) -> None:
         """A trial was submitted."""

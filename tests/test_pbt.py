@@ -1,0 +1,187 @@
+"""Population Based Training: the rule on scripted reports, then a real study on a
+LocalCluster with MLflow (sqlite), then the clear error when checkpoints are not shared."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from hpo_mlops import registry
+from hpo_mlops.errors import ConfigError
+from hpo_mlops.schedulers.base import Decision, Scheduler
+from hpo_mlops.space import Space
+
+SPACE = {"lr": "loguniform(0.001, 1.0)", "layers": "randint(1, 8)",
+         "act": "choices(['relu', 'tanh', 'gelu'])"}
+
+
+def make(**options: Any) -> Scheduler:
+    spec = {"name": "pbt", "perturbation_interval": 2, "max_budget": 6, **options}
+    rule = registry.create(registry.SCHEDULERS, spec, Scheduler)
+    rule.bind_space(SPACE)
+    return rule
+
+
+def start_population(rule: Scheduler, n: int) -> list[dict[str, Any]]:
+    """Start ``n`` members as the ledger does: params told, then ``on_start``."""
+    params = [{"lr": 0.01 * (i + 1), "layers": 4, "act": "tanh"} for i in range(n)]
+    for trial, p in enumerate(params):
+        job = rule.plan(1)[0]
+        assert job.trial is None and job.budget == 2
+        rule.on_params(trial, p)
+        rule.on_start(trial, job.budget, job.bracket)
+    rule.end_new_trials()
+    return params
+
+
+def land(rule: Scheduler, trial: int, value: float, first: int, budget: int) -> None:
+    """A job of ``trial`` reports ``value`` at every step from ``first`` to ``budget``."""
+    for step in range(first, budget + 1):
+        assert rule.on_report(trial, step, value) is Decision.CONTINUE
+    rule.on_complete(trial, "COMPLETE", value)
+
+
+def test_bottom_member_exploits_a_top_member_and_top_members_continue_unchanged() -> None:
+    rule = make(seed=3)
+    params = start_population(rule, 4)  # quantile 0.25 of 4: one top, one bottom
+    # asynchronous, as Ray Tune: a member is judged on the scores landed so far, so these
+    # land in an order where only the last (trial 3, the worst) is ever in the bottom
+    for trial, value in [(2, 0.6), (1, 0.5), (0, 0.1), (3, 0.9)]:
+        land(rule, trial, value, 1, 2)
+    jobs = {j.trial: j for j in rule.plan(4)}
+    assert set(jobs) == {0, 1, 2, 3} and all(j.budget == 4 for j in jobs.values())
+    for trial in (0, 1, 2):  # not in the bottom: their own params and checkpoint
+        assert jobs[trial].clone is None and jobs[trial].params == params[trial]
+    bottom = jobs[3]
+    assert bottom.clone == [0, 2]  # the top member's checkpoint at budget 2
+    assert bottom.params != params[3]
+    space = Space.from_dict(SPACE)
+    assert space.validate_params(bottom.params) == bottom.params  # inside the space
+    assert bottom.params["act"] in ("relu", "gelu", "tanh")
+    info = rule.trial_info(3)
+    assert info["pbt_donors"] == [[2, 0]]
+    assert info["pbt_schedule"] == [[0, params[0], None], [2, bottom.params, 0]]
+    assert rule.trial_info(0)["pbt_schedule"] == [[0, params[0], None], [2, params[0], None]]
+
+
+def test_perturbation_multiplies_by_a_factor_and_clips_to_the_bounds() -> None:
+    rule = make(resample_probability=0.0, perturbation_factors=[2.0])
+    rule.bind_space({"lr": "uniform(0.1, 1.0)", "n": "randint(1, 10)",
+                     "act": "choices(['a', 'b', 'c'])"})
+    for trial, p in enumerate([{"lr": 0.3, "n": 3, "act": "b"}, {"lr": 0.8, "n": 7, "act": "a"},
+                               {"lr": 0.5, "n": 5, "act": "c"}, {"lr": 0.5, "n": 5, "act": "c"}]):
+        rule.on_params(trial, p)
+        rule.on_start(trial, 2, None)
+    for trial, value in [(1, 0.1), (2, 0.5), (3, 0.6), (0, 0.9)]:
+        land(rule, trial, value, 1, 2)
+    rule.end_new_trials()
+    # trial 0 is the bottom: it takes trial 1 (the top: 0.8, 7, 'a') and doubles its
+    # numbers, clipped to the bounds; a choice moves to a neighbour ('a' has one: 'b')
+    job = {j.trial: j for j in rule.plan(4)}[0]
+    assert job.clone == [1, 2] and job.budget == 4
+    assert job.params["lr"] == 1.0 and job.params["n"] == 10
+    assert job.params["act"] in ("a", "b")
+    moved = set()
+    for seed in range(8):
+        other = make(resample_probability=0.0, perturbation_factors=[0.5], seed=seed)
+        other.bind_space({"lr": "uniform(0.1, 1.0)", "n": "randint(1, 10)",
+                          "act": "choices(['a', 'b', 'c'])"})
+        for trial, p in enumerate([{"lr": 0.3, "n": 6, "act": "b"}] * 4):
+            other.on_params(trial, p)
+            other.on_start(trial, 2, None)
+        for trial, value in [(1, 0.1), (2, 0.5), (3, 0.6), (0, 0.9)]:
+            land(other, trial, value, 1, 2)
+        new = other.trial_info(0)["pbt_schedule"][-1][1]
+        assert new["lr"] == 0.15 and new["n"] == 3 and isinstance(new["n"], int)
+        moved.add(new["act"])
+    assert moved == {"a", "c"}  # 'b' moves to either neighbour, never stays
+
+
+def test_resample_probability_one_gives_a_fresh_sample() -> None:
+    draws = set()
+    for seed in range(5):
+        rule = make(resample_probability=1.0, seed=seed)
+        params = start_population(rule, 4)
+        for trial, value in enumerate([0.1, 0.5, 0.6, 0.9]):
+            land(rule, trial, value, 1, 2)
+        new = rule.trial_info(3)["pbt_schedule"][-1][1]
+        assert new["lr"] not in {p["lr"] for p in params}  # not a perturbed 0.01 * k
+        assert not any(math.isclose(new["lr"], p["lr"] * f) for p in params for f in (1.2, 0.8))
+        draws.add(new["lr"])
+    assert len(draws) == 5  # the seed decides the draw
+
+
+def test_every_member_reaches_max_budget_and_the_population_is_time_shared() -> None:
+    """6 members, 2 slots: paused members wait; each trains 6 budget units in all."""
+    rule = make(population_size=6, seed=1)
+    running: dict[int, int] = {}
+    started, trained = 0, dict.fromkeys(range(6), 0)
+    finished: dict[int, str] = {}
+    while True:
+        for job in rule.plan(2 - len(running)):
+            trial = started if job.trial is None else job.trial
+            if job.trial is None:
+                rule.on_params(trial, {"lr": 0.01 * (trial + 1), "layers": 2, "act": "relu"})
+                started += 1
+            rule.on_start(trial, job.budget, job.bracket)
+            first = (job.clone[1] if job.clone else trained[trial]) + 1
+            running[trial] = first
+        if not running:
+            break
+        trial = next(iter(running))  # the job that started first ends first
+        first = running.pop(trial)
+        budget = rule.budget_for(trial)
+        land(rule, trial, 1.0 / (1 + trial) + 0.01 * first, first, budget)
+        trained[trial] = budget
+        finished.update(rule.pop_finished())
+        if started == 6:
+            rule.end_new_trials()
+    assert started == 6 and finished == dict.fromkeys(range(6), "COMPLETE")
+    assert all(rule.trial_info(t)["budget"] == 6 for t in range(6))
+    assert rule.budget_summary()["exploits"] >= 1
+
+
+def test_failed_member_leaves_the_population_and_donors_skip_it() -> None:
+    rule = make()
+    start_population(rule, 4)
+    rule.on_report(0, 1, 0.0)
+    rule.on_complete(0, "FAILED")
+    assert rule.pop_finished() == [(0, "FAILED")]
+    for trial, value in [(1, 0.1), (2, 0.5), (3, 0.9)]:
+        land(rule, trial, value, 1, 2)
+    jobs = {j.trial: j for j in rule.plan(4)}
+    assert set(jobs) == {1, 2, 3} and jobs[3].clone == [1, 2]
+
+
+def test_state_round_trips_with_params_and_schedules() -> None:
+    rule = make(seed=2)
+    start_population(rule, 4)
+    for trial, value in enumerate([0.1, 0.5, 0.6, 0.9]):
+        land(rule, trial, value, 1, 2)
+    text = json.dumps(rule.state(), allow_nan=False)
+    back = type(rule).from_state(json.loads(text), perturbation_interval=2, max_budget=6, seed=2)
+    back.bind_space(SPACE)
+    back.end_new_trials()  # said again by a resumed study, once its trials are started
+    assert back.state() == rule.state() and back.plan(4) == rule.plan(4)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"perturbation_interval": 0}, r"^scheduler\.perturbation_interval: must be a number > 0"),
+        ({"max_budget": 1}, r"^scheduler\.max_budget: must be a number >= perturbation_interval"),
+        ({"population_size": 1}, r"^scheduler\.population_size: must be an integer >= 2"),
+        ({"quantile_fraction": 0.7}, r"^scheduler\.quantile_fraction: must be a number in \(0, 0\.5\]"),
+        ({"resample_probability": 2}, r"^scheduler\.resample_probability: must be a number in \[0, 1\]"),
+        ({"perturbation_factors": []}, r"^scheduler\.perturbation_factors: must be a non-empty list"),
+        ({"seed": "x"}, r"^scheduler\.seed: must be an integer"),
+        ({"eta": 3}, r"^scheduler\.eta: unknown option for 'pbt'; known options: mode, "
+                     r"perturbation_interval"),
+    ],
+)  # fmt: skip
+def test_bad_options_name_the_option_and_what_is_allowed(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make(**options)
