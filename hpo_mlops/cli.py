@@ -482,12 +482,17 @@ def best(
     set_: SetOpt = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="yaml or json")] = Format.yaml,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write to a file")] = None,
+    schedule: Annotated[bool, typer.Option(
+        "--schedule", help="PBT: the best member's params over budget, as YAML")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """The best parameters and value (the Pareto front for several metrics)."""
     _, study = _recorded(params, set_)
     try:
-        text = study.export_best(str(output) if output else None, fmt=format.value)
+        if schedule:
+            text = study.export_best_schedule(str(output) if output else None)
+        else:
+            text = study.export_best(str(output) if output else None, fmt=format.value)
     except ValueError as exc:
         raise StudyFailed(str(exc)) from None
     if output is None:

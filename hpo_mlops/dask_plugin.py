@@ -124,11 +124,16 @@ class HubPlugin(SchedulerPlugin):
     def register(self, key: str, spec: Any, mode: str, records: list | None = None,
                  saved: dict | None = None, n_trials: int | None = None,
                  max_retries: int = 3, max_failures: int | None = None, central: bool = True,
-                 client: str | None = None) -> dict:
-        """Build the study's rule and ledger; on resume from the saved state or the records."""
+                 client: str | None = None, space: dict | None = None) -> dict:
+        """Build the study's rule and ledger; on resume from the saved state or the records.
+
+        ``space``: the study's space (``Space.to_dict``), bound to a rule that explores it
+        (``needs_space``: PBT)."""
         rule = registry.create(registry.SCHEDULERS, spec, Scheduler, mode=mode)
         recs = [from_wire(r) for r in records or []]
         rule, how = rebuild_rule(rule, spec, mode, recs, saved)
+        if space is not None and getattr(type(rule), "needs_space", False):
+            rule.bind_space(space)
         ledger = Ledger(rule, n_trials=n_trials, max_retries=max_retries,
                         max_failures=max_failures, records=recs, history=not central)
         self.hubs[key] = _Hub(ledger, central, client)

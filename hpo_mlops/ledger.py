@@ -51,10 +51,19 @@ class SlotJob:
     params: dict[str, Any]
     budget: Any
     attempt: int
+    #: [donor, budget]: start from the donor trial's checkpoint snapshot at that budget (PBT)
+    clone: list[Any] | None = None
+    #: keep a snapshot of the checkpoint folder at the end of the job (a possible donor)
+    snapshot: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        return {"number": self.number, "params": self.params, "budget": self.budget,
+        wire = {"number": self.number, "params": self.params, "budget": self.budget,
                 "attempt": self.attempt}
+        if self.clone is not None:
+            wire["clone"] = list(self.clone)
+        if self.snapshot:
+            wire["snapshot"] = True
+        return wire
 
 
 def to_wire(rec: TrialRecord) -> dict[str, Any]:
@@ -92,6 +101,11 @@ class Ledger:
         self.rule = rule
         cls = type(rule)
         self.plans, self.tracks = cls.plans_budgets, cls.tracks_trials
+        #: rules that change a trial's params between jobs (PBT): the params and checkpoint
+        #: source of each trial's current job, so a rerun (a lost worker) runs it the same
+        self.params_change = getattr(cls, "needs_space", False)
+        self.snapshots = getattr(cls, "clones_checkpoints", False)
+        self.current: dict[int, tuple[dict[str, Any], list[Any] | None]] = {}
         self.n_trials, self.max_retries, self.max_failures = n_trials, max_retries, max_failures
         self.trials: dict[int, TrialRecord] = {}
         self.running: dict[int, TrialRecord] = {}
@@ -148,7 +162,7 @@ class Ledger:
                 if job.trial is not None:
                     rec = self.paused.pop(job.trial, None)
                     if rec is not None:
-                        return self._run(rec, job.budget, job.bracket, worker)
+                        return self._run(rec, job.budget, job.bracket, worker, job=job)
                     continue
                 if self._new_allowed():
                     asked = ask()
@@ -160,6 +174,8 @@ class Ledger:
                     rec = TrialRecord(self.next_number, params)
                     self.trials[rec.number] = rec
                     self.next_number += 1
+                    if self.params_change:
+                        self.rule.on_params(rec.number, dict(rec.params))
                     job_out = self._run(rec, budget, job.bracket, worker, asked[1])
                     if not self._new_allowed():
                         self.end_new()  # the last new trial: the rule may decide rungs now
@@ -170,7 +186,10 @@ class Ledger:
         return None
 
     def _run(self, rec: TrialRecord, budget: Any, bracket: Any, worker: str | None,
-             origin: Any = None) -> SlotJob:
+             origin: Any = None, job: Any = None) -> SlotJob:
+        """Start a job of ``rec``. ``rec.params`` stay the trial's first params (what the
+        sampler is told, and MLflow's params, which cannot change); a rule that changes
+        them (PBT) gives the job's params and checkpoint source in ``job``."""
         self.rule.on_start(rec.number, budget, bracket)
         if bracket is not None:
             rec.tags["hpo.bracket"] = str(bracket)
@@ -179,7 +198,14 @@ class Ledger:
         self.running[rec.number] = rec
         self._emit(STARTED, rec, origin)
         self._remember("running", rec, origin)
-        return SlotJob(rec.number, dict(rec.params), budget, rec.attempts)
+        if not self.params_change:
+            return SlotJob(rec.number, dict(rec.params), budget, rec.attempts)
+        params, clone = self.current.get(rec.number, (dict(rec.params), None))
+        if job is not None:  # planned by the rule; None: a rerun of the same job
+            params = dict(job.params) if job.params is not None else params
+            clone = list(job.clone) if job.clone is not None else None
+        self.current[rec.number] = (params, clone)
+        return SlotJob(rec.number, dict(params), budget, rec.attempts, clone, self.snapshots)
 
     def end_new(self) -> None:
         """No new trials from now on (``n_trials`` reached, timeout, sampler exhausted)."""
@@ -277,6 +303,9 @@ class Ledger:
                 rec.tags[f"hpo.{key}"] = str(info[key])
         if info.get("rungs_reached") is not None:
             rec.tags["hpo.rungs_reached"] = json.dumps(info["rungs_reached"])
+        for key in ("pbt_schedule", "pbt_donors"):  # params over budget, whose checkpoints
+            if info.get(key) is not None:
+                rec.tags[f"hpo.{key}"] = json.dumps(info[key])
         if info.get("stopped_step") is not None:
             rec.pruned_step = info["stopped_step"]
 

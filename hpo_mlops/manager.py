@@ -89,7 +89,7 @@ class Run:
                    records=[to_wire(r) for r in carried], saved=study.saved_rule_state(),
                    n_trials=self.n_trials, max_retries=self.max_retries,
                    max_failures=self.max_failures,
-                   central=self.central, client=self.client.id)
+                   central=self.central, client=self.client.id, space=study.space.to_dict())
         rule = study.rule_class
         self.client.register_plugin(
             StudyPlugin(self.plugin_name, self.objective, self.setup, study.metrics,

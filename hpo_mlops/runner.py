@@ -9,6 +9,7 @@ see too (the scheduler plugin's ``remove_worker``): the trial is retried or fail
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 import traceback
@@ -70,6 +71,11 @@ def run_slot(plugin_name: str, key: str) -> str:
         spec = {"number": job["number"], "params": params, "budget": job["budget"],
                 "metrics": plugin.metrics, "attempt": job["attempt"],
                 "checkpoint_dir": os.path.join(plugin.checkpoint_root, f"trial-{job['number']}")}
+        if job.get("clone"):  # PBT's exploit: start from a donor's checkpoint
+            spec["clone_from"] = snapshot_dir(plugin.checkpoint_root, *job["clone"])
+        if job.get("snapshot"):  # PBT: this job's end may be copied by others later
+            spec["snapshot_to"] = snapshot_dir(plugin.checkpoint_root, job["number"],
+                                               job["budget"])
         out = _execute(plugin.objective, spec, reporter, plugin.context, plugin.setup_error)
         out["worker"], out["params"] = address, params
         done = out
@@ -95,6 +101,8 @@ def _execute(objective: Any, spec: dict[str, Any], reporter: Any, context: Any,
     try:
         if setup_error is not None:
             raise TrialFailed(setup_error)
+        if spec.get("clone_from"):
+            clone_checkpoint(spec["clone_from"], spec["checkpoint_dir"], spec["number"])
         raw = objective(trial.params, trial)
         if trial.should_prune() and raw is None and trial.intermediate:
             raw = trial.intermediate[-1][1]
@@ -117,6 +125,11 @@ def _execute(objective: Any, spec: dict[str, Any], reporter: Any, context: Any,
         else:
             out.update(state="FAILED", error=f"{type(exc).__name__}: {exc}",
                        traceback="".join(traceback.format_exc(limit=-12))[-4000:])
+    if spec.get("snapshot_to") and out["state"] in ("COMPLETE", "PRUNED"):
+        try:
+            snapshot_checkpoint(spec.get("checkpoint_dir"), spec["snapshot_to"])
+        except OSError as exc:
+            out.update(state="FAILED", error=f"could not keep the checkpoint for PBT: {exc}")
     out["end"] = time.time()
     out["tags"].update(trial.tags)  # e.g. where save_predictions wrote
     out["intermediate"] = trial.intermediate
@@ -124,3 +137,39 @@ def _execute(objective: Any, spec: dict[str, Any], reporter: Any, context: Any,
     if out["state"] == "PRUNED" and out["pruned_step"] is None and trial.intermediate:
         out["pruned_step"] = trial.intermediate[-1][0]
     return out
+
+
+# -- checkpoints copied between trials (PBT) ------------------------------------------------
+def snapshot_dir(root: str, number: int, budget: Any) -> str:
+    """Where trial ``number``'s checkpoint folder is kept as it was at ``budget``."""
+    return os.path.join(root, f"trial-{number}@{float(budget):.12g}")
+
+
+def snapshot_checkpoint(checkpoint_dir: str | None, dest: str) -> None:
+    """Keep a copy of the trial's checkpoint folder that no later job changes (an empty one
+    when the objective saved nothing, so that a missing copy always means: not shared).
+    Written aside and renamed, so a trial copying it never sees half of it."""
+    tmp = f"{dest}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if checkpoint_dir and os.path.isdir(checkpoint_dir):
+        shutil.copytree(checkpoint_dir, tmp)
+    else:
+        os.makedirs(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.rename(tmp, dest)
+
+
+def clone_checkpoint(source: str, checkpoint_dir: str | None, number: int) -> None:
+    """Replace the trial's checkpoint folder by a donor's snapshot (PBT's exploit); a
+    snapshot this worker cannot see fails the trial with what to do about it."""
+    if not os.path.isdir(source):
+        raise TrialFailed(
+            f"trial {number}: PBT copies the checkpoint of another trial, but {source} is not "
+            f"on this worker ({socket.gethostname()}); it was written by the worker that ran "
+            "that trial. The checkpoint_dir must be a file system every worker shares: "
+            "optimize(checkpoint_dir=...)"
+        )
+    if checkpoint_dir is None:
+        return
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    shutil.copytree(source, checkpoint_dir)

@@ -226,6 +226,36 @@ class Study:
                 fh.write(text)
         return text
 
+    # -- PBT (hpo_mlops/schedulers/pbt.py) -------------------------------------------------
+    def best_schedule(self) -> list[dict[str, Any]]:
+        """The best PBT member's hyperparameters over budget, as ``[{"budget": 0, "params":
+        {...}}, {"budget": 4, "params": {...}}, ...]``: each entry holds from its budget to
+        the next. It follows the member's lineage (a donor's schedule up to where the member
+        copied its checkpoint), so it is what trained the best weights, and a later training
+        can follow it. Only a study run with ``scheduler: {name: pbt}`` has one."""
+        best = self.best_trial
+        text = best.tags.get("hpo.pbt_schedule")
+        if not text:
+            raise ConfigError(
+                f"study {self.name!r}: best trial {best.number} has no PBT schedule; only a "
+                "study run with scheduler: {name: pbt, ...} records one (this study's "
+                f"scheduler: {self.scheduler_spec!r})")
+        return [{"budget": step, "params": params} for step, params, _ in json.loads(text)]
+
+    def export_best_schedule(self, path: str | None = None) -> str:
+        """:meth:`best_schedule` as YAML (with the trial and its value); written to ``path``
+        if given."""
+        import yaml
+
+        best = self.best_trial
+        doc = {"trial": best.number, "value": {self.metrics[0]: best.value},
+               "schedule": self.best_schedule()}
+        text = yaml.safe_dump(doc, sort_keys=False)
+        if path:
+            with open(path, "w") as fh:
+                fh.write(text)
+        return text
+
     # -- ensembles (hpo_mlops/ensemble.py) ---------------------------------------------------
     def ensemble(self, k: int = 5, method: str = "caruana", **options: Any) -> Any:
         """An ensemble of up to ``k`` trials from their saved validation predictions

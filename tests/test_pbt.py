@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any
 
 import pytest
+from conftest import runs_of
 
 from hpo_mlops import registry
 from hpo_mlops.errors import ConfigError
@@ -185,3 +187,141 @@ def test_state_round_trips_with_params_and_schedules() -> None:
 def test_bad_options_name_the_option_and_what_is_allowed(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         make(**options)
+
+
+# -- the engine: the ledger, the slot's checkpoint copy, a real study -------------------------
+def test_ledger_gives_the_job_its_params_and_donor_and_a_rerun_keeps_them() -> None:
+    from hpo_mlops.ledger import Ledger
+
+    rule = make(seed=3)
+    ledger = Ledger(rule, n_trials=4)
+    asked = iter([{"lr": 0.01 * (i + 1), "layers": 4, "act": "tanh"} for i in range(4)])
+    jobs = [ledger.assign("w", lambda: (next(asked), None)) for _ in range(4)]
+    assert [j.snapshot for j in jobs] == [True] * 4 and all(j.clone is None for j in jobs)
+    for n, value in [(2, 0.6), (1, 0.5), (0, 0.1), (3, 0.9)]:
+        ledger.finish_job(n, {"state": "COMPLETE", "values": [value], "intermediate": [[2, value]]})
+    assert set(ledger.paused) == {0, 1, 2, 3}
+    again = {j.number: j for j in (ledger.assign("w", lambda: None) for _ in range(4))}
+    assert again[3].clone == [0, 2] and again[3].params != ledger.trials[3].params
+    assert ledger.trials[3].params == {"lr": 0.04, "layers": 4, "act": "tanh"}  # the first
+    schedule = json.loads(ledger.trials[3].tags["hpo.pbt_schedule"])
+    assert schedule[-1] == [2, again[3].params, 0]
+    ledger.lost(3, "worker gone")  # run again: the same params, from the same donor
+    rerun = ledger.assign("w", lambda: None)
+    assert (rerun.number, rerun.params, rerun.clone) == (3, again[3].params, [0, 2])
+    assert rerun.to_wire()["clone"] == [0, 2] and rerun.to_wire()["snapshot"] is True
+
+
+def test_a_donor_checkpoint_missing_on_this_worker_fails_the_trial_clearly(tmp_path) -> None:
+    from hpo_mlops.runner import _execute, snapshot_checkpoint, snapshot_dir
+
+    ran = []
+    spec = {"number": 3, "params": {"lr": 0.1}, "budget": 4, "metrics": ["loss"],
+            "checkpoint_dir": str(tmp_path / "trial-3"),
+            "clone_from": snapshot_dir(str(tmp_path), 0, 2)}
+    out = _execute(lambda p, t: ran.append(1) or 0.5, spec, None, None, None)
+    assert out["state"] == "FAILED" and not ran
+    assert "trial-0@2" in out["error"] and "not on this worker" in out["error"]
+    assert "file system every worker shares: optimize(checkpoint_dir=...)" in out["error"]
+    # where the donor's snapshot exists (a shared file system), the trial starts from it
+    (tmp_path / "trial-0").mkdir()
+    (tmp_path / "trial-0" / "checkpoint.pkl").write_bytes(b"donor")
+    snapshot_checkpoint(str(tmp_path / "trial-0"), snapshot_dir(str(tmp_path), 0, 2))
+    (tmp_path / "trial-0" / "checkpoint.pkl").write_bytes(b"later")  # the donor goes on
+    seen = []
+
+    def objective(params, trial):
+        with open(os.path.join(trial.checkpoint_dir, "checkpoint.pkl"), "rb") as fh:
+            seen.append(fh.read())
+        return 0.5
+
+    assert _execute(objective, spec, None, None, None)["state"] == "COMPLETE"
+    assert seen == [b"donor"]
+
+
+def make_objective(log: str):
+    """A model with state kept by trial.save/trial.load: ``w`` moves towards 1 at a speed
+    set by ``lr`` and ``momentum``; each job logs what it loaded and ran with."""
+
+    def objective(params, trial):
+        state = trial.load() or {"epoch": 0, "w": 0.0, "trained_by": []}
+        loaded = dict(state)
+        for epoch in range(state["epoch"] + 1, int(trial.budget) + 1):
+            step = min(params["lr"] * (1 + params["momentum"]), 1.0)
+            state["w"] += step * (1.0 - state["w"]) - 0.02 * params["lr"] ** 2
+            state["epoch"] = epoch
+            trial.report((1.0 - state["w"]) ** 2, epoch)
+            trial.save({**state, "trained_by": [*state["trained_by"], trial.number]})
+            state = trial.load()
+        with open(log, "a") as fh:
+            fh.write(json.dumps([trial.number, trial.budget, loaded["epoch"],
+                                 loaded["trained_by"], params]) + "\n")
+        return (1.0 - state["w"]) ** 2
+
+    return objective
+
+
+def test_pbt_study_on_a_local_cluster(dask_client, mlflow_uri, tmp_path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from hpo_mlops.results import TrialState
+    from hpo_mlops.study import Study
+
+    log = tmp_path / "jobs.jsonl"
+    space = {"lr": "loguniform(0.01, 0.5)", "momentum": "uniform(0.0, 0.9)"}
+    scheduler = {"name": "pbt", "perturbation_interval": 2, "max_budget": 8, "seed": 0}
+    study = Study("pbt-study", space, sampler="random", seed=1, scheduler=scheduler,
+                  tracking_uri=mlflow_uri)
+    study.optimize(make_objective(str(log)), n_trials=6, client=dask_client,
+                   checkpoint_dir=str(tmp_path / "ckpt"))
+    trials = study.trials
+    assert len(trials) == 6 and {t.state for t in trials} == {TrialState.COMPLETE}
+    assert all(t.intermediate[-1][0] == 8 for t in trials)  # every member reached max_budget
+    jobs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(jobs) >= 6 * 4  # 4 intervals each, time-shared on 2 workers
+    donors = {t.number: json.loads(t.tags["hpo.pbt_donors"]) for t in trials}
+    exploits = [(n, at, donor) for n, d in donors.items() for at, donor in d]
+    assert exploits, "at least one member exploited a top member"
+    for n, at, donor in exploits:  # its next job started from the donor's checkpoint
+        job = next(j for j in jobs if j[0] == n and j[2] == at and j[1] == at + 2)
+        assert job[3][-1] == donor, (n, at, donor, job)
+    for t in trials:  # the schedule holds the params each job ran with
+        schedule = json.loads(t.tags["hpo.pbt_schedule"])
+        ran = {j[1] - 2: j[4] for j in jobs if j[0] == t.number}
+        assert schedule[-1][1] == ran[6] and schedule[-1][0] == 6
+        assert t.params == next(j[4] for j in jobs if j[0] == t.number and j[1] == 2)
+    best = study.best_trial
+    tag = json.loads(best.tags["hpo.pbt_schedule"])
+    assert study.best_schedule() == [{"budget": b, "params": p} for b, p, _ in tag]
+    assert [e["budget"] for e in study.best_schedule()] == [0, 2, 4, 6]
+    # the study as the store holds it: the same schedule, written as YAML
+    import yaml
+
+    again = Study("pbt-study", space, sampler="random", seed=1, scheduler=scheduler,
+                  tracking_uri=mlflow_uri)
+    assert again.best_schedule() == study.best_schedule()
+    doc = yaml.safe_load(again.export_best_schedule(str(tmp_path / "schedule.yaml")))
+    assert doc["trial"] == best.number and doc["schedule"] == study.best_schedule()
+    assert yaml.safe_load((tmp_path / "schedule.yaml").read_text()) == doc
+    # MLflow draws each member's params over steps (pbt.<param>)
+    client = MlflowClient(mlflow_uri)
+    _, runs = runs_of(mlflow_uri, "pbt-study")
+    changed = [n for n, _, _ in exploits]
+    history = client.get_metric_history(runs[changed[0]].info.run_id, "pbt.lr")
+    assert sorted(m.step for m in history) == [0, 2, 4, 6]
+    assert len({m.value for m in history}) > 1
+    assert json.loads(runs[changed[0]].data.tags["hpo.pbt_donors"]) == donors[changed[0]]
+
+
+def test_best_schedule_of_a_study_without_pbt_is_a_clear_error(dask_client, mlflow_uri,
+                                                              tmp_path) -> None:
+    import objectives as obj
+
+    from hpo_mlops.study import Study
+
+    study = Study("no-pbt", {"x": "uniform(-5, 5)"}, sampler="random", seed=1,
+                  scheduler={"name": "fifo", "max_budget": 3}, tracking_uri=mlflow_uri)
+    study.optimize(obj.curve, n_trials=2, client=dask_client, checkpoint_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"has no PBT schedule; only a study run with "
+                                          r"scheduler: \{name: pbt"):
+        study.best_schedule()
