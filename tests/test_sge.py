@@ -224,7 +224,10 @@ SCRIPT = textwrap.dedent("""
     import json, sys, time
     from hpo_mlops.study import Study
 
+    MARK = sys.argv[3]  # the test waits for this file: a trial is in flight
+
     def objective(params, trial):
+        open(MARK, "a").close()
         time.sleep(1.0)
         return params["x"] ** 2
 
@@ -242,15 +245,21 @@ def test_an_interrupted_study_deletes_every_job(tmp_path, mlflow_uri, job_name, 
     script = tmp_path / "study.py"
     script.write_text(SCRIPT)
     cfg = sge(job_name, tmp_path / "logs")
-    proc = subprocess.Popen([sys.executable, str(script), mlflow_uri, json.dumps(cfg)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    mark = tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, str(script), mlflow_uri, json.dumps(cfg),
+                             str(mark)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len(qjobs(job_name, "r")) < 2:
             time.sleep(0.2)
         assert len(qjobs(job_name, "r")) == 2, "both jobs ran"
-        time.sleep(2)  # trials in flight
+        # a worker job runs long before its first trial does (the worker starts, connects,
+        # imports): wait for a trial to be in flight, not for a fixed time
+        while time.monotonic() < deadline + 60 and not mark.exists():
+            time.sleep(0.2)
+        assert mark.exists(), "a trial started"
+        time.sleep(0.5)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
     finally:
