@@ -114,6 +114,9 @@ PARENT = "mlflow.parentRunId"
 #: ``HPO_MLOPS_FAST_PATH=1`` forces the path on (to run that test on a new MLflow), ``=0`` off.
 FAST_PATH_MLFLOW = ((3, 17), (3, 18))
 DEFAULT_GIVE_UP_S = 300.0
+#: how much longer the up-front check waits for a server that took the connection but is
+#: slow to answer (busy, or still starting) than for one that refuses it
+SLOW_SERVER_S = 30.0
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.25, 5.0
 _MAX_OPS_PER_CALL = 1000
 
@@ -235,6 +238,7 @@ class Tracker:
         from mlflow.utils.rest_utils import http_request
 
         deadline = time.monotonic() + limit
+        slow = False
         creds = self.client._tracking_client.store.get_host_creds()
         while True:
             left = deadline - time.monotonic()
@@ -254,10 +258,15 @@ class Tracker:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported below, with the URI
                 why = str(exc)
+                if "Read timed out" in why and not slow:
+                    # it took the connection but is slow to answer (a busy server, or one
+                    # still starting): not the dead server this check is for; wait longer
+                    slow = True
+                    deadline = max(deadline, time.monotonic() + SLOW_SERVER_S)
             if deadline - time.monotonic() < 0.5:
                 raise TrackingUnavailable(
                     f"MLflow tracking server {self.tracking_uri} cannot be reached "
-                    f"(tried for {limit:g} s): {why}")
+                    f"(tried for {limit + (SLOW_SERVER_S if slow else 0):g} s): {why}")
             time.sleep(0.5)
 
     def _call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
