@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from objective import DEFAULT_EPOCHS, fit_epochs, load_data, make_model
+from objective import final_training, fit_epochs, make_model
 
 from hpo_mlops.config import load_config
 from hpo_mlops.errors import ConfigError
@@ -45,15 +45,10 @@ def main(params: str = "params.yaml", search_dir: str = "results/search",
         raise ConfigError(f"the latest run of study {study.name!r} is {study.run_id}, not the "
                           f"search's {report['study_run_id']}: run the search stage again")
     ens = study.ensemble(k=int(k), method=method)
-    epochs = (cfg.scheduler.get("max_budget", DEFAULT_EPOCHS) if isinstance(cfg.scheduler, dict)
-              else DEFAULT_EPOCHS)
-    data_dir = cfg.objective.setup_args.get("data_dir", "data/prepared") if cfg.objective else "data/prepared"
-    data = load_data(data_dir)
-    X = np.concatenate([data["X_train"], data["X_val"]])
-    y = np.concatenate([data["y_train"], data["y_val"]])
+    X, y, epochs, data_dir = final_training(cfg)
     params_of = {t.number: t.params for t in study.trials}
     best = study.best_trial.number  # the trial train_best trains
-    models = {n: fit_epochs(make_model(params_of[n]), X, y, int(epochs))
+    models = {n: fit_epochs(make_model(params_of[n]), X, y, epochs)
               for n in {*ens.members, best}}
     model = ens.to_pyfunc(models)
     with np.load(Path(data_dir) / "test.npz") as f:

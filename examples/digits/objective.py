@@ -28,6 +28,19 @@ def load_data(data_dir: str = "data/prepared") -> dict[str, np.ndarray]:
     return out
 
 
+def final_training(cfg: Any) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """What a chosen configuration is trained on after the search (train_best, ensemble):
+    train + validation images, the study's max_budget epochs, and the data folder."""
+    epochs = (cfg.scheduler.get("max_budget", DEFAULT_EPOCHS) if isinstance(cfg.scheduler, dict)
+              else DEFAULT_EPOCHS)
+    data_dir = (cfg.objective.setup_args.get("data_dir", "data/prepared") if cfg.objective
+                else "data/prepared")
+    data = load_data(data_dir)
+    X = np.concatenate([data["X_train"], data["X_val"]])
+    y = np.concatenate([data["y_train"], data["y_val"]])
+    return X, y, int(epochs), data_dir
+
+
 def make_model(params: dict[str, Any], seed: int = 0) -> Any:
     """An SGDClassifier from a trial's params (conditional ones may be absent)."""
     from sklearn.linear_model import SGDClassifier

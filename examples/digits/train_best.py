@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from objective import DEFAULT_EPOCHS, fit_epochs, load_data, make_model
+from objective import final_training, fit_epochs, make_model
 
 from hpo_mlops.config import load_config
 from hpo_mlops.pipeline import provenance_tags
@@ -34,13 +34,8 @@ def main(params: str = "params.yaml", search_dir: str = "results/search",
     cfg = load_config(params, check=False)
     best = yaml.safe_load((Path(search_dir) / "best_params.yaml").read_text())
     report = json.loads((Path(search_dir) / "report.json").read_text())
-    epochs = (cfg.scheduler.get("max_budget", DEFAULT_EPOCHS) if isinstance(cfg.scheduler, dict)
-              else DEFAULT_EPOCHS)
-    data_dir = cfg.objective.setup_args.get("data_dir", "data/prepared") if cfg.objective else "data/prepared"
-    data = load_data(data_dir)
-    X = np.concatenate([data["X_train"], data["X_val"]])
-    y = np.concatenate([data["y_train"], data["y_val"]])
-    model = fit_epochs(make_model(best["params"]), X, y, int(epochs))
+    X, y, epochs, _ = final_training(cfg)
+    model = fit_epochs(make_model(best["params"]), X, y, epochs)
     out = Path(model_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(pickle.dumps(model))
