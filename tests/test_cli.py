@@ -108,7 +108,7 @@ def test_run_prints_plain_lines_off_a_terminal_and_writes_outputs(finished):
     assert history[0] == "trial,value,best_so_far" and len(history) == 7
     pngs = sorted(p.name for p in (d / "out" / "plots").glob("*.png"))
     assert pngs == ["history.png", "importance.png", "learning_curves.png",
-                    "parallel_coordinates.png"]
+                    "parallel_coordinates.png", "partial_dependence.png", "regret.png"]
     from mlflow.tracking import MlflowClient
 
     parents, trials = runs_of(f"sqlite:///{d}/mlflow.db", "cli")

@@ -73,7 +73,7 @@ EXACT = [
      "space.lr: loguniform needs 0 < low < high, got loguniform(0, 1)"),
     (dict(scheduler="ashaa"),
      "scheduler.name: unknown scheduler 'ashaa' (did you mean 'asha'?); registered: asha, "
-     "asha_promotion, async_hyperband, fifo, hyperband, median, sha"),
+     "asha_promotion, async_hyperband, fifo, hyperband, median, pbt, sha"),
     (dict(scheduler={"name": "asha", "max_budgte": 9}),
      "scheduler.max_budgte: unknown option for 'asha' (did you mean 'max_budget'?); allowed: "
      "min_budget, max_budget, eta, brackets, grace_period, strict_quota"),
