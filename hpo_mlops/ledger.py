@@ -303,7 +303,7 @@ class Ledger:
                 rec.tags[f"hpo.{key}"] = str(info[key])
         if info.get("rungs_reached") is not None:
             rec.tags["hpo.rungs_reached"] = json.dumps(info["rungs_reached"])
-        for key in ("pbt_schedule", "pbt_donors"):  # params over budget, whose checkpoints
+        for key in ("pbt_schedule", "pbt_donors", "pbt_params"):  # params over budget, whose checkpoints
             if info.get(key) is not None:
                 rec.tags[f"hpo.{key}"] = json.dumps(info[key])
         if info.get("stopped_step") is not None:

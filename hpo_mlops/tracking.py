@@ -385,7 +385,8 @@ class Tracker:
             rec.intermediate = [tuple(x) for x in json.loads(tags["hpo.reports"])]
         rec.tags = {k: v for k, v in tags.items()
                     if k in ("hpo.bracket", "hpo.rungs_reached", "hpo.budget_consumed",
-                             "hpo.predictions", "hpo.pbt_schedule", "hpo.pbt_donors")}
+                             "hpo.predictions", "hpo.pbt_schedule", "hpo.pbt_donors",
+                             "hpo.pbt_params")}
         if tags.get("hpo.budget"):
             rec.budget = float(tags["hpo.budget"])
         return rec
@@ -915,20 +916,22 @@ def _trial_rows(rec: dict[str, Any], metric_names: list[str]) -> tuple[
                for i, (s, v) in enumerate(intermediate)]
     last_step = int(intermediate[-1][0]) if intermediate else 0
     metrics += [(k, float(v), end, last_step) for k, v in rec["metrics"].items()]
-    metrics += _schedule_metrics(rec["tags"].get("hpo.pbt_schedule"), _ms(start))
+    metrics += _schedule_metrics(rec["tags"].get("hpo.pbt_params"), _ms(start))
     params = [(k, str(v)[:6000]) for k, v in rec["params"].items()]
     return tags, params, metrics, STATUS[state], end
 
 
-def _schedule_metrics(schedule: str | None, start_ms: int) -> list[tuple[str, float, int, int]]:
+def _schedule_metrics(own: str | None, start_ms: int) -> list[tuple[str, float, int, int]]:
     """A PBT member's numeric params over budget as metrics ``pbt.<name>`` (step: the budget
     they apply from), so MLflow's UI draws the schedule. MLflow params cannot change, so they
-    keep the member's first params. Timestamps are fixed by the entry, so a run written
-    again (the member paused, then went on) repeats rows rather than adding new ones."""
-    if not schedule:
+    keep the member's first params. These are the params its own jobs ran with, a list that
+    only grows (the lineage schedule, ``hpo.pbt_schedule``, is rewritten on an exploit):
+    timestamps are fixed by the entry, so a run written again (the member paused, then went
+    on) repeats the same rows, which the store keeps once, rather than adding new ones."""
+    if not own:
         return []
     out = []
-    for i, (step, params, _donor) in enumerate(json.loads(schedule)):
+    for i, (step, params) in enumerate(json.loads(own)):
         for k, v in (params or {}).items():
             if isinstance(v, int | float) and not isinstance(v, bool):
                 out.append((f"pbt.{k}", float(v), start_ms + i, int(step)))

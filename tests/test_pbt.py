@@ -308,8 +308,12 @@ def test_pbt_study_on_a_local_cluster(dask_client, mlflow_uri, tmp_path) -> None
     _, runs = runs_of(mlflow_uri, "pbt-study")
     changed = [n for n, _, _ in exploits]
     history = client.get_metric_history(runs[changed[0]].info.run_id, "pbt.lr")
+    # one point per job, the lr that member's own job ran with (a member written while
+    # paused and again after an exploit rewrote its lineage schedule gets no second points)
     assert sorted(m.step for m in history) == [0, 2, 4, 6]
     assert len({m.value for m in history}) > 1
+    own = {j[1] - 2: j[4]["lr"] for j in jobs if j[0] == changed[0]}
+    assert {m.step: m.value for m in history} == pytest.approx(own)
     assert json.loads(runs[changed[0]].data.tags["hpo.pbt_donors"]) == donors[changed[0]]
 
 

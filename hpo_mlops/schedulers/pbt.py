@@ -74,6 +74,10 @@ class _Member:
     last_decision: str = Decision.CONTINUE.value
     schedule: list[list[Any]] = field(default_factory=list)  # [budget, params, donor]
     donors: list[list[Any]] = field(default_factory=list)  # [at budget, donor]
+    #: the params each of its own jobs ran with, [budget, params], only ever appended: what
+    #: MLflow's pbt.<param> metrics show (the schedule above is rewritten on an exploit, and
+    #: a metric point once written cannot be taken back)
+    own: list[list[Any]] = field(default_factory=list)
 
     @property
     def consumed(self) -> float:
@@ -245,7 +249,8 @@ class PBTScheduler(Scheduler):
 
     def _add(self, trial: int) -> _Member:
         params = self._new_params.pop(trial, None)
-        m = _Member(budget=self._first_budget(), params=params, schedule=[[0, params, None]])
+        m = _Member(budget=self._first_budget(), params=params, schedule=[[0, params, None]],
+                    own=[[0, params]])
         self._members[trial] = m
         return m
 
@@ -340,10 +345,12 @@ class PBTScheduler(Scheduler):
             m.schedule.append([when, params, donor])
             m.donors.append([when, donor])
             m.params, m.clone, m.start = params, [donor, when], when
+            m.own.append([when, params])
             self.exploits += 1
         else:
             m.clone, m.start = None, at
             m.schedule.append([_num(at), m.params, None])
+            m.own.append([_num(at), m.params])
         m.budget = _num(min(m.start + self.interval, self.max_budget))
         m.status = "ready"
 
@@ -394,6 +401,7 @@ class PBTScheduler(Scheduler):
             "n_reports": m.n_reports,
             "pbt_schedule": [list(e) for e in m.schedule],
             "pbt_donors": [list(e) for e in m.donors],
+            "pbt_params": [list(e) for e in m.own],
         }
 
     def budget_summary(self) -> dict[str, Any]:
