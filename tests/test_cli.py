@@ -189,6 +189,7 @@ def test_a_failing_study_exits_1_with_the_reason(dask_client, tmp_path, monkeypa
     assert "more than max_failures=0" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # end to end, over 7 s: keeps the default run under 5 minutes
 def test_live_panel_on_a_terminal(dask_client, tmp_path):
     write_params(tmp_path, dask_client.scheduler.address, name="tty", n_trials=4)
     master, slave = pty.openpty()
@@ -218,6 +219,7 @@ def test_live_panel_on_a_terminal(dask_client, tmp_path):
     assert not any(ln.startswith("trial ") for ln in text.splitlines()), "no log lines on a tty"
 
 
+@pytest.mark.slow  # end to end, over 7 s: keeps the default run under 5 minutes
 def test_status_shows_running_trials_and_their_workers(dask_client, tmp_path):
     write_params(tmp_path, dask_client.scheduler.address, name="slow", n_trials=6)
     run = subprocess.Popen([*hpo_cmd(), "run", "--set", "objective.function=obj.py:slow"],

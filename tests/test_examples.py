@@ -66,6 +66,7 @@ def copy_example(name: str, tmp_path: Path) -> Path:
     return shutil.copytree(EXAMPLES / name, tmp_path / name) / "params.yaml"
 
 
+@pytest.mark.slow  # end to end, over 7 s: keeps the default run under 5 minutes
 def test_blackbox_shell_awk_objective_with_its_defaults(tmp_path):
     params = copy_example("blackbox", tmp_path)
     uri = fresh_store(tmp_path / "mlflow.db")

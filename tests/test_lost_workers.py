@@ -14,6 +14,7 @@ from hpo_mlops.cluster import ClusterError
 from hpo_mlops.study import Study
 
 
+@pytest.mark.slow  # end to end, over 7 s: keeps the default run under 5 minutes
 def test_all_workers_gone_stops_after_worker_timeout_and_resumes(mlflow_uri, tmp_path):
     flag = tmp_path / "close-workers"
     flag.write_text("x")

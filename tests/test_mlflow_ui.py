@@ -86,6 +86,7 @@ def api(base: str, path: str, body: dict | None = None) -> dict:
         return json.loads(r.read())
 
 
+@pytest.mark.slow  # end to end, over 7 s: keeps the default run under 5 minutes
 def test_rest_api_shows_the_study_run_and_its_nested_trials(server):
     base, study, _ = server
     q = urllib.parse.urlencode({"experiment_name": "ui-study"})

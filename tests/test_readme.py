@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # end to end, over 7 s: keeps the default run under 5 minutes
 def test_readme_python_example_runs(tmp_path):
     text = (ROOT / "README.md").read_text()
     code = re.search(r"## In Python\s+```python\n(.*?)```", text, re.S).group(1)

@@ -84,6 +84,7 @@ def test_an_unreachable_server_fails_the_study_at_once_naming_it():
     assert started == [], "a cluster or writer was started"
 
 
+@pytest.mark.slow  # end to end, over 7 s: keeps the default run under 5 minutes
 def test_an_unreachable_store_fails_the_first_tracker_call():
     for call in ("find_study", "open_study"):
         tracker = Tracker("http://127.0.0.1:9")
@@ -323,6 +324,7 @@ _WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # end to end, over 7 s: keeps the default run under 5 minutes
 @pytest.mark.parametrize("fast", [pytest.param("1", id="fast-path"),
                                   pytest.param("0", id="public-api", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("fresh", [pytest.param(False, id="migrated"),
