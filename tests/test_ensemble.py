@@ -223,7 +223,10 @@ def test_a_study_builds_an_ensemble_that_mlflow_loads_back(dask_client, tmp_path
     study = Study("ens", SPACE, metric="log_loss", sampler="random", scheduler="fifo", seed=3,
                   tracking_uri=uri)
     kept = study.keep_ensemble(k=3)
-    study.optimize(objective, n_trials=8, client=dask_client, checkpoint_dir=str(tmp_path / "ck"))
+    # central asks: the seeded sampler gives the same 8 configurations every run (copies on
+    # the workers are seeded by worker address, which changes from run to run)
+    study.optimize(objective, n_trials=8, client=dask_client, checkpoint_dir=str(tmp_path / "ck"),
+                   asks="central")
     assert all(t.state is TrialState.COMPLETE and t.tags[PREDICTIONS_TAG].startswith(
         str(tmp_path / "ck")) for t in study.trials)
     ens = study.ensemble(k=3)
