@@ -316,3 +316,14 @@ def test_cli_serve_curl_session_then_ctrl_c_interrupts_and_serving_again_resumes
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert again["trial"] == running["trial"] and again["params"] == running["params"]
+
+
+def test_a_rule_that_copies_checkpoints_between_trials_is_refused(tmp_path):
+    from hpo_mlops.errors import ConfigError
+    from hpo_mlops.service.server import Service
+    from hpo_mlops.service.tokens import TokenStore
+
+    study = Study("pbt", SPACE, sampler="random", tracking=False,
+                  scheduler={"name": "pbt", "perturbation_interval": 2, "max_budget": 6})
+    with pytest.raises(ConfigError, match="'pbt' .* copies one trial's checkpoint"):
+        Service([(study, {"n_trials": 4})], TokenStore(tmp_path / "t.db"))

@@ -88,6 +88,13 @@ class Service:
         if dup:
             raise ConfigError(f"study.name: each served study needs its own name, got {dup} "
                               "more than once")
+        for study, _ in studies:
+            if getattr(study.rule_class, "clones_checkpoints", False):
+                raise ConfigError(
+                    f"scheduler: {study.rule_class.name!r} (study {study.name!r}) copies one "
+                    "trial's checkpoint into another, which HTTP clients on other machines "
+                    "cannot share; run it with `hpo-mlops run` on a cluster with a shared "
+                    "checkpoint_dir, or serve it with another scheduler")
         if not (isinstance(lease, int | float) and math.isfinite(lease) and lease > 0):
             raise ConfigError(f"lease: must be a number of seconds > 0, got {lease!r}")
         self.studies = {s.name: ServedStudy(s, kw) for s, kw in studies}
