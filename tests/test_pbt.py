@@ -329,3 +329,60 @@ def test_best_schedule_of_a_study_without_pbt_is_a_clear_error(dask_client, mlfl
     with pytest.raises(ConfigError, match=r"has no PBT schedule; only a study run with "
                                           r"scheduler: \{name: pbt"):
         study.best_schedule()
+
+
+PBT_OBJECTIVE = '''
+def objective(params, trial):
+    state = trial.load() or {"w": 0.0, "step": 0}
+    for step in range(state["step"] + 1, trial.budget + 1):
+        state["w"] += params["lr"]
+        state["step"] = step
+        trial.report(state["w"], step)
+        trial.save(state)
+    return state["w"]
+'''
+
+
+@pytest.mark.slow
+def test_cli_best_schedule_writes_the_best_members_schedule_as_yaml(tmp_path):
+    """`hpo-mlops run` a PBT study, then `hpo-mlops best --schedule`: the YAML a later training
+    follows; a study that did not run PBT gets one line and exit 2."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from hpo_mlops.study import Study
+
+    (tmp_path / "obj.py").write_text(PBT_OBJECTIVE)
+    cfg = {"study": {"name": "pbt-cli", "metric": "score", "mode": "max", "n_trials": 4,
+                     "seed": 0, "checkpoint_dir": "ck"},
+           "space": {"lr": "uniform(0.1, 1.0)"}, "sampler": "random",
+           "scheduler": {"name": "pbt", "perturbation_interval": 2, "max_budget": 4,
+                         "quantile_fraction": 0.5, "seed": 0},
+           "cluster": {"n_workers": 2},
+           "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+           "objective": {"function": "obj.py:objective"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
+    hpo = [sys.executable, "-c", "from hpo_mlops.cli import main; main()"]
+    run = subprocess.run([*hpo, "run", "params.yaml", "--progress", "quiet"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = subprocess.run([*hpo, "best", "params.yaml", "--schedule", "-o", "schedule.yaml"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = yaml.safe_load((tmp_path / "schedule.yaml").read_text())
+    study = Study.from_config(tmp_path / "params.yaml", resume=True)
+    assert doc["trial"] == study.best_trial.number
+    assert doc["schedule"] == study.best_schedule()
+    assert [e["budget"] for e in doc["schedule"]] == [0, 2]
+    assert all(0.1 <= e["params"]["lr"] <= 1.0 for e in doc["schedule"])
+    cfg["scheduler"] = {"name": "fifo", "max_budget": 4}
+    cfg["study"]["name"] = "fifo-cli"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
+    subprocess.run([*hpo, "run", "params.yaml", "--progress", "quiet"], cwd=tmp_path,
+                   capture_output=True, text=True, timeout=300, check=True)
+    bad = subprocess.run([*hpo, "best", "params.yaml", "--schedule"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "pbt" in bad.stderr.lower() and "Traceback" not in bad.stderr
