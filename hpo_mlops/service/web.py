@@ -261,7 +261,12 @@ in a cookie for this site until the token expires.</p>"""
                         'and try again</p>', nav=_nav(request), status=403)
         return fields
 
-    def study_or_404(name: str, request: Request) -> Any:
+    def admin_study(name: str, request: Request) -> Any:
+        """The served study ``name`` for a signed-in admin, or the page saying why not (the
+        login page, or 404 naming the served studies)."""
+        who = login(request)
+        if isinstance(who, Response):
+            return who
         found = studies().get(name)
         if found is None:
             names = ", ".join(sorted(studies())) or "none"
@@ -315,10 +320,7 @@ in a cookie for this site until the token expires.</p>"""
 
     @r.get("/studies/{name}", response_class=HTMLResponse)
     def study_page(name: str, request: Request) -> Response:
-        who = login(request)
-        if isinstance(who, Response):
-            return who
-        study = study_or_404(name, request)
+        study = admin_study(name, request)
         if isinstance(study, Response):
             return study
         recs = _records(study)
@@ -399,10 +401,7 @@ in a cookie for this site until the token expires.</p>"""
     def history_png(name: str, request: Request) -> Response:
         from hpo_mlops.plots import optimization_history
 
-        who = login(request)
-        if isinstance(who, Response):
-            return who
-        study = study_or_404(name, request)
+        study = admin_study(name, request)
         if isinstance(study, Response):
             return study
         recs = _records(study)
