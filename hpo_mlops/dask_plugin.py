@@ -53,7 +53,7 @@ class _Hub:
         #: trials running for HTTP clients (hpo-mlops serve): their lease and reports
         self.remote: dict[int, RemoteJob] = {}
         #: outcomes already recorded for a remote job (a tell retried after a lost answer)
-        self.told: dict[str, str] = {}
+        self.told: dict[int, tuple[str, str]] = {}  # trial -> (job, outcome digest)
         self.demand = 0  # HTTP asks waiting for the central sampler's next configuration
 
     def pop_ready(self) -> tuple[dict, str] | None:
@@ -68,6 +68,16 @@ class _Hub:
                 n = None if n is None else n - 1
         if self.manager is not None and not self.manager.done():
             self.manager.set_result(None)
+
+    def end_if_idle(self) -> bool:
+        """Nothing runs and nothing can come: finish the study run (unless it was stopped:
+        then paused trials stay resumable) and wake every waiter. Whether it was idle."""
+        if not self.ledger.idle():
+            return False
+        if not self.ledger.stopped:
+            self.ledger.finish()
+        self.wake()
+        return True
 
     def delta(self, worker: str) -> dict[str, Any]:
         history = self.ledger.history
@@ -232,10 +242,7 @@ class HubPlugin(SchedulerPlugin):
                 # a new trial, and the slot's copy has not proposed (it had not heard the
                 # history yet): the history now, then a proposal
                 return {"job": None, "propose": True, **hub.delta(worker)}
-            if ledger.idle():
-                if not ledger.stopped:  # over: not stopped (paused trials stay resumable)
-                    ledger.finish()
-                hub.wake()
+            if hub.end_if_idle():
                 break
             if hub.waiting.get(worker, 0) >= WAITERS_PER_WORKER:
                 return {"job": None, "wait": 0.5}
@@ -276,10 +283,7 @@ class HubPlugin(SchedulerPlugin):
                     hub.remote[job.number] = remote
                     hub.wake(1)
                     return {"job": {**job.to_wire(), "job": remote.job, "lease": lease}}
-                if ledger.idle():
-                    if not ledger.stopped:
-                        ledger.finish()
-                    hub.wake()
+                hub.end_if_idle()
             if ledger.stopped or ledger.done:
                 return {"job": None, "over": True, "reason": _over(ledger)}
             left = until - time.monotonic()
@@ -371,9 +375,8 @@ class HubPlugin(SchedulerPlugin):
         if outcome.get("state") == "PRUNED" and remote.reports:
             outcome.setdefault("pruned_step", remote.reports[-1][0])
         ledger.finish_job(trial, outcome)
-        if ledger.idle() and not ledger.stopped:
-            ledger.finish()
-        hub.wake()
+        if not hub.end_if_idle():
+            hub.wake()
         return {"recorded": True, "duplicate": False, "state": ledger.trials[trial].state.value}
 
     @staticmethod
